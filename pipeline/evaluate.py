@@ -288,7 +288,8 @@ def evaluate(
         from .segment import PersonFinder
 
         t0 = time.perf_counter()
-        finder = PersonFinder.create(preset, model=model, providers=providers)
+        extra = {} if providers is None else {"providers": list(providers)}
+        finder = PersonFinder.create(preset, model=model, **extra)
         load_s = time.perf_counter() - t0
 
     scores: list[ImageScore] = []
