@@ -80,7 +80,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-pixels", type=int, default=d["max_pixels"].default, help="refuse images larger than this before decoding (default: %(default)s)")
     g = p.add_argument_group("resources")
     g.add_argument("--num-gpus", type=float, default=d["num_gpus"].default, help="GPUs per segmentation actor (0 = CPU provider)")
-    g.add_argument("--segment-actors", type=_actors, default=d["segment_actors"].default, help="segmentation actor pool size, N or MIN:MAX (default: 1)")
+    g.add_argument("--segment-actors", type=_actors, default=d["segment_actors"].default, help="segmentation actor pool size, N or MIN:MAX (default: one per GPU, or CPUs-1 on CPU)")
     g.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="images per segmentation batch (default: %(default)s)")
     g = p.add_argument_group("behaviour")
     g.add_argument("--max-error-rate", type=float, default=d["max_error_rate"].default, help="exit non-zero when the error share exceeds this (default: %(default)s)")
@@ -119,7 +119,7 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
         jpeg_quality=ns.jpeg_quality,
         max_pixels=ns.max_pixels,
         num_gpus=ns.num_gpus,
-        segment_actors=tuple(ns.segment_actors),
+        segment_actors=tuple(ns.segment_actors) if ns.segment_actors else None,
         batch_size=ns.batch_size,
         max_error_rate=ns.max_error_rate,
         force=ns.force,

@@ -66,7 +66,7 @@ class RunConfig:
     max_pixels: int = 100_000_000
     # resources
     num_gpus: float = 0.0
-    segment_actors: tuple[int, int] = (1, 1)
+    segment_actors: tuple[int, int] | None = None  # None: one per GPU, or CPUs - 1 (at least 1)
     batch_size: int = 8
     # behaviour
     max_error_rate: float = 0.05
@@ -118,9 +118,10 @@ class RunConfig:
             raise bad("max_pixels", f"must be >= 1, got {self.max_pixels}")
         if self.num_gpus < 0:
             raise bad("num_gpus", f"must be >= 0, got {self.num_gpus}")
-        lo, hi = self.segment_actors
-        if lo < 1 or hi < lo:
-            raise bad("segment_actors", f"must be MIN:MAX with 1 <= MIN <= MAX, got {lo}:{hi}")
+        if self.segment_actors is not None:
+            lo, hi = self.segment_actors
+            if lo < 1 or hi < lo:
+                raise bad("segment_actors", f"must be MIN:MAX with 1 <= MIN <= MAX, got {lo}:{hi}")
         if self.batch_size < 1:
             raise bad("batch_size", f"must be >= 1, got {self.batch_size}")
         if not (0 <= self.max_error_rate <= 1):
@@ -160,7 +161,7 @@ class RunConfig:
         out = asdict(self)
         out["storage_options"] = redact(self.storage_options)
         out["extensions"] = list(self.extensions)
-        out["segment_actors"] = list(self.segment_actors)
+        out["segment_actors"] = list(self.segment_actors) if self.segment_actors else None
         out["fill_color"] = list(self.fill_color)
         return out
 

@@ -50,8 +50,12 @@ _XMP_PREVIEWS = [
 ]
 
 
-def clean_exif(raw: bytes | None) -> bytes | None:
-    """Rebuild an EXIF block from the kept tags only (IFD1 thumbnail never copied)."""
+def clean_exif(raw: bytes | None, size: tuple[int, int] | None = None) -> bytes | None:
+    """Rebuild an EXIF block from the kept tags only (IFD1 thumbnail never copied).
+
+    ``size`` (width, height) of the pixels written: PixelX/YDimension are set to it, since
+    the pixels were turned upright and may no longer match what the camera recorded.
+    """
     if not raw:
         return None
     from PIL import Image
@@ -75,6 +79,8 @@ def clean_exif(raw: bytes | None) -> bytes | None:
             if isinstance(value, bytes) and len(value) > MAX_EXIF_VALUE_BYTES:
                 continue
             dst[tag] = value
+        if size is not None:
+            dst[0xA002], dst[0xA003] = int(size[0]), int(size[1])
     gps = src.get_ifd(IFD_GPS)
     if gps:
         out.get_ifd(IFD_GPS).update(gps)
@@ -106,7 +112,7 @@ def encode_jpeg(image: np.ndarray, quality: int, policy: str, exif: bytes | None
     if icc:
         kwargs["icc_profile"] = icc
     if policy == "keep":
-        e = clean_exif(exif)
+        e = clean_exif(exif, (image.shape[1], image.shape[0]))
         if e:
             kwargs["exif"] = e
         x = clean_xmp(xmp)

@@ -69,8 +69,6 @@ class FinderSettings:
         if name not in PRESET_PROPOSERS:
             raise ValueError(f"recall preset must be one of {', '.join(PRESET_PROPOSERS)}, got {name!r}")
         s = cls(proposers=PRESET_PROPOSERS[name])
-        if name == "fast":
-            s = replace(s, proposers=())
         return replace(s, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -275,10 +273,7 @@ class PersonFinder:
     # -------------------------------------------------------------- CPU proposals
     def cpu_proposals(self, image: np.ndarray, panorama: bool = False) -> np.ndarray:
         """Boxes from the CPU-only proposers (HOG), in full-image pixels, float32 (K, 4)."""
-        if self.hog is None:
-            return np.zeros((0, 4), np.float32)
-        work, _ = _extend(image, panorama)
-        return self.hog.propose(work)
+        return hog_proposals(image, self.settings, panorama)
 
     # -------------------------------------------------------------- main entry
     def find(self, images: Sequence[np.ndarray], panoramas: Sequence[bool] | None = None,
@@ -400,6 +395,21 @@ class PersonFinder:
             for b in np.asarray(boxes).reshape(-1, 4):
                 out[i].append((b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy))
         return out
+
+
+_HOG_CACHE: dict[FinderSettings, HogProposer] = {}
+
+
+def hog_proposals(image: np.ndarray, settings: FinderSettings, panorama: bool = False) -> np.ndarray:
+    """The CPU proposers' boxes for one image (empty when the preset has none), so a pipeline
+    can run them in a CPU stage and hand the boxes to :meth:`PersonFinder.find`."""
+    if "hog" not in settings.proposers:
+        return np.zeros((0, 4), np.float32)
+    hog = _HOG_CACHE.get(settings)
+    if hog is None:
+        hog = _HOG_CACHE[settings] = HogProposer(settings)
+    work, _ = _extend(image, panorama)
+    return hog.propose(work)
 
 
 def load_ssd_bytes() -> bytes | None:

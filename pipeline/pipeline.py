@@ -1,0 +1,464 @@
+"""The Ray Data job: list -> read+decode (+CPU proposals) -> find people -> anonymize+encode+write
+-> Parquet metadata. The only module that imports Ray.
+
+Rows carry ``status``/``error_message`` from the first stage on: a stage that fails on one image
+marks that row ``error`` and passes it on; every listed or manifest key ends as exactly one row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from . import metastore, storage
+from .config import RunConfig
+from .metastore import METADATA_SCHEMA
+from .segment import FinderSettings
+
+META_DIR = "_metadata"
+STAGING_DIR = "_staging"  # under _metadata/; '_' keeps it out of every reader's dataset
+
+BASE_SCHEMA = pa.schema([
+    ("key", pa.string()), ("rel", pa.string()), ("out_rel", pa.string()),
+    ("source_size", pa.int64()), ("source_etag", pa.string()),
+    ("status", pa.string()), ("error_message", pa.string()),
+])
+
+IMAGE_FIELD = pa.field("image", pa.binary())
+
+
+def log(msg: str) -> None:
+    print(f"[fuzzy-people] {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------ stage 1: read + decode
+
+@dataclass(frozen=True)
+class DecodeParams:
+    storage_options: dict
+    max_pixels: int
+    settings: FinderSettings
+    cpu_proposals: bool
+
+
+def read_decode_batch(batch: pa.Table, p: DecodeParams) -> pa.Table:
+    """Fetch each object's bytes, decode upright RGB, run the CPU proposers (HOG)."""
+    from .decode import decode_image
+    from .segment import hog_proposals
+
+    cols: dict[str, list] = {k: [] for k in ("pixels", "width", "height", "exif", "xmp", "icc", "panorama", "proposals", "seconds_decode")}
+    status = batch.column("status").to_pylist()
+    errors = batch.column("error_message").to_pylist()
+    for i, key in enumerate(batch.column("key").to_pylist()):
+        t0 = time.perf_counter()
+        img = None
+        if status[i] == "pending":
+            try:
+                fs, path = storage.filesystem(key, p.storage_options)
+                with fs.open(path, "rb") as f:
+                    data = f.read()
+                dec = decode_image(data, p.max_pixels)
+                img = dec
+            except FileNotFoundError:
+                status[i], errors[i] = "error", "input object not found (deleted after listing?)"
+            except Exception as exc:  # DecodeError and anything unexpected: one error row
+                status[i], errors[i] = "error", _message(exc)
+        props = np.zeros((0, 4), np.float32)
+        if img is not None and p.cpu_proposals:
+            try:
+                props = hog_proposals(img.image, p.settings, img.panorama)
+            except Exception as exc:
+                status[i], errors[i], img = "error", f"proposals failed: {_message(exc)}", None
+        cols["pixels"].append(img.image.tobytes() if img is not None else b"")
+        cols["width"].append(img.width if img is not None else 0)
+        cols["height"].append(img.height if img is not None else 0)
+        cols["exif"].append(img.exif if img is not None else None)
+        cols["xmp"].append(img.xmp if img is not None else None)
+        cols["icc"].append(img.icc if img is not None else None)
+        cols["panorama"].append(bool(img.panorama) if img is not None else False)
+        cols["proposals"].append(props.astype(np.float32).tobytes())
+        cols["seconds_decode"].append(time.perf_counter() - t0)
+    out = batch.set_column(batch.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
+    out = out.set_column(out.schema.get_field_index("error_message"), "error_message", pa.array(errors, pa.string()))
+    types = {"pixels": pa.binary(), "width": pa.int32(), "height": pa.int32(), "exif": pa.binary(),
+             "xmp": pa.binary(), "icc": pa.binary(), "panorama": pa.bool_(), "proposals": pa.binary(),
+             "seconds_decode": pa.float64()}
+    for name, values in cols.items():
+        out = out.append_column(name, pa.array(values, types[name]))
+    return out
+
+
+def _message(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    name = type(exc).__name__
+    return text if name in ("DecodeError", "StorageError", "ModelError") else f"{name}: {text}"
+
+
+def _image(row_pixels: pa.Scalar, w: int, h: int) -> np.ndarray:
+    buf = row_pixels.as_buffer()
+    return np.frombuffer(buf, np.uint8).reshape(h, w, 3)
+
+
+# ------------------------------------------------------------------------------ stage 2: find people
+
+class SegmentActor:
+    """Holds one PersonFinder (one onnxruntime session) per actor; CUDA when given a GPU."""
+
+    def __init__(self, model_ref, ssd_ref, settings: FinderSettings, use_gpu: bool, threads: int,
+                 fault_after: int | None = None):
+        import ray
+
+        from .segment import PersonFinder
+
+        model = ray.get(model_ref) if isinstance(model_ref, ray.ObjectRef) else model_ref
+        ssd = ray.get(ssd_ref) if isinstance(ssd_ref, ray.ObjectRef) else ssd_ref
+        self.finder = PersonFinder(model, settings, use_gpu=use_gpu, threads=threads, ssd_bytes=ssd)
+        self.fault_after = fault_after  # test hook: exit the worker process once after N batches
+        self.batches = 0
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self.batches += 1
+        if self.fault_after is not None and self.batches > self.fault_after:
+            marker = os.environ.get("FUZZY_PEOPLE_FAULT_MARKER")
+            if marker and not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)
+        return segment_batch(batch, self.finder)
+
+
+def segment_batch(batch: pa.Table, finder) -> pa.Table:
+    status = batch.column("status").to_pylist()
+    errors = batch.column("error_message").to_pylist()
+    widths = batch.column("width").to_pylist()
+    heights = batch.column("height").to_pylist()
+    panos = batch.column("panorama").to_pylist()
+    pixels = batch.column("pixels")
+    props = batch.column("proposals")
+    idx = [i for i, s in enumerate(status) if s == "pending"]
+    masks: list[bytes] = [b""] * len(status)
+    seconds = [0.0] * len(status)
+    images = [_image(pixels[i], widths[i], heights[i]) for i in idx]
+    proposals = [np.frombuffer(props[i].as_buffer(), np.float32).reshape(-1, 4) for i in idx]
+    t0 = time.perf_counter()
+    try:
+        found = finder.find(images, [panos[i] for i in idx], proposals)
+    except Exception:
+        found = None  # isolate the failing image: one by one
+    if found is not None:
+        per = (time.perf_counter() - t0) / max(1, len(idx))
+        for j, i in enumerate(idx):
+            masks[i] = np.packbits(found[j].mask, axis=None).tobytes()
+            seconds[i] = per
+    else:
+        for j, i in enumerate(idx):
+            t1 = time.perf_counter()
+            try:
+                f = finder.find([images[j]], [panos[i]], [proposals[j]])[0]
+                masks[i] = np.packbits(f.mask, axis=None).tobytes()
+            except Exception as exc:
+                status[i], errors[i] = "error", f"person finder failed: {_message(exc)}"
+            seconds[i] = time.perf_counter() - t1
+    out = batch.drop_columns(["proposals"])
+    out = out.set_column(out.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
+    out = out.set_column(out.schema.get_field_index("error_message"), "error_message", pa.array(errors, pa.string()))
+    out = out.append_column("mask", pa.array(masks, pa.binary()))
+    return out.append_column("seconds_segment", pa.array(seconds, pa.float64()))
+
+
+# ------------------------------------------------------------------------------ stage 3: anonymize + encode + write
+
+@dataclass(frozen=True)
+class FinishParams:
+    output: str
+    storage_options: dict
+    anonymize: Any  # AnonymizeParams
+    secret: Any  # Secret
+    jpeg_quality: int
+    metadata: str
+    output_format: str
+    model: str
+    model_sha256: str
+    run_id: str
+
+
+def finish_batch(batch: pa.Table, p: FinishParams) -> pa.Table:
+    """Anonymize, encode JPEG, write it (jpeg format), and build the metadata rows."""
+    from . import rle
+    from .anonymize import anonymize, keyed_rng
+    from .encode import encode_jpeg
+    from .segment import instances
+
+    now = datetime.now(timezone.utc)
+    rule = f"{p.anonymize.radius_mode}:{p.anonymize.radius:g}"
+    rows: dict[str, list] = {f.name: [] for f in METADATA_SCHEMA}
+    images: list[bytes | None] = []
+    fs = None
+    n = batch.num_rows
+    cols = {name: batch.column(name) for name in batch.column_names}
+    py = {name: cols[name].to_pylist() for name in ("key", "out_rel", "status", "error_message", "width", "height",
+                                                    "panorama", "source_size", "source_etag", "seconds_decode", "seconds_segment")}
+    for i in range(n):
+        status, err = py["status"][i], py["error_message"][i]
+        w, h = py["width"][i], py["height"][i]
+        r = dict(key=py["key"][i], output_key=None, status=status, error_message=err, width=w or None,
+                 height=h or None, person_pixels=None, person_fraction=None, num_people=None, boxes=None,
+                 mask_rle=None, model=p.model, model_sha256=p.model_sha256, mode=p.anonymize.mode,
+                 radius=rule, radii=None, source_size=py["source_size"][i], source_etag=py["source_etag"][i],
+                 metadata=p.metadata, panorama=py["panorama"][i], seconds_decode=py["seconds_decode"][i],
+                 seconds_segment=py["seconds_segment"][i], seconds_anonymize=None, seconds_encode=None,
+                 run_id=p.run_id, processed_at=now)
+        jpeg = None
+        if status == "pending":
+            try:
+                image = _image(cols["pixels"][i], w, h)
+                mask = np.unpackbits(np.frombuffer(cols["mask"][i].as_buffer(), np.uint8), count=w * h).reshape(h, w).astype(bool)
+                t0 = time.perf_counter()
+                labels, people = instances(mask, wrap=bool(py["panorama"][i]))
+                result = anonymize(image, labels, [pp.height for pp in people], p.anonymize,
+                                   keyed_rng(p.secret, py["key"][i]), wrap=bool(py["panorama"][i]))
+                t1 = time.perf_counter()
+                jpeg = encode_jpeg(result.image, p.jpeg_quality, p.metadata,
+                                   _scalar_bytes(cols["exif"][i]), _scalar_bytes(cols["xmp"][i]), _scalar_bytes(cols["icc"][i]))
+                t2 = time.perf_counter()
+                final = result.mask
+                out_url = storage.join_url(p.output, py["out_rel"][i])
+                if p.output_format == "jpeg":
+                    if fs is None:
+                        fs, _ = storage.filesystem(p.output, p.storage_options)
+                    storage.write_bytes(fs, storage.filesystem(out_url, p.storage_options)[1], jpeg)
+                    r["output_key"] = out_url
+                else:
+                    r["output_key"] = None
+                npix = int(final.sum())
+                r.update(status="ok", error_message=None, person_pixels=npix, person_fraction=npix / float(w * h),
+                         num_people=len(people), boxes=[list(pp.box) for pp in people], mask_rle=rle.encode(final),
+                         radii=[int(x) for x in result.radii], seconds_anonymize=t1 - t0, seconds_encode=t2 - t1)
+            except Exception as exc:
+                r.update(status="error", error_message=f"anonymize/encode/write failed: {_message(exc)}")
+                jpeg = None
+        elif status != "error":
+            r.update(status="error", error_message=err or f"unexpected status {status!r}")
+        for k in rows:
+            rows[k].append(r[k])
+        images.append(jpeg if p.output_format == "parquet" else None)
+    table = pa.Table.from_pydict(rows, schema=METADATA_SCHEMA)
+    if p.output_format == "parquet":
+        table = table.append_column(IMAGE_FIELD, pa.array(images, pa.binary()))
+    return table
+
+
+def _scalar_bytes(s: pa.Scalar) -> bytes | None:
+    return s.as_py() if s.is_valid else None
+
+
+# ------------------------------------------------------------------------------ driver
+
+def _init_ray(cfg: RunConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        log(f"connecting to the Ray cluster at RAY_ADDRESS ({address})")
+        ray.init(address=address, log_to_driver=True)
+    else:
+        log("starting a local Ray instance (set RAY_ADDRESS to use a cluster)")
+        ray.init(address="local", include_dashboard=False, log_to_driver=True)
+
+
+def _items_table(items: list[storage.InputItem]) -> pa.Table:
+    taken: set[str] = set()
+    rows: dict[str, list] = {f.name: [] for f in BASE_SCHEMA}
+    for it in items:
+        out_rel, error = None, it.error
+        if not error:
+            try:
+                out_rel = storage.output_rel(it.rel, taken)
+            except storage.StorageError as exc:
+                error = str(exc)
+        rows["key"].append(it.key)
+        rows["rel"].append(it.rel)
+        rows["out_rel"].append(out_rel)
+        rows["source_size"].append(it.size)
+        rows["source_etag"].append(it.etag)
+        rows["status"].append("error" if error else "pending")
+        rows["error_message"].append(error)
+    return pa.Table.from_pydict(rows, schema=BASE_SCHEMA)
+
+
+def segment_pool(cfg: RunConfig, cluster_cpus: float, cluster_gpus: float) -> tuple[int, int]:
+    """Actor pool bounds: the flag, else one actor per GPU (GPU) or per CPU but one (CPU)."""
+    if cfg.segment_actors is not None:
+        return cfg.segment_actors
+    if cfg.num_gpus > 0:
+        return 1, max(1, int(cluster_gpus // cfg.num_gpus))
+    return 1, max(1, int(cluster_cpus) - 1)
+
+
+def build_dataset(cfg: RunConfig, table: pa.Table, model_ref, ssd_ref, secret, run_id: str,
+                  model_name: str, model_sha: str, settings: FinderSettings):
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from .anonymize import AnonymizeParams
+
+    opts = cfg.fsspec_options()
+    rows_per_block = max(1, cfg.batch_size)
+    blocks = [table.slice(k, rows_per_block) for k in range(0, table.num_rows, rows_per_block)] or [table]
+    ds = ray.data.from_arrow(blocks)
+    decode = DecodeParams(opts, cfg.max_pixels, settings, "hog" in settings.proposers)
+    ds = ds.map_batches(read_decode_batch, fn_kwargs={"p": decode}, batch_format="pyarrow",
+                        batch_size=cfg.batch_size, num_cpus=1, max_retries=2)
+    resources = ray.cluster_resources()
+    lo, hi = segment_pool(cfg, resources.get("CPU", 1), resources.get("GPU", 0))
+    use_gpu = cfg.num_gpus > 0
+    fault_after = os.environ.get("FUZZY_PEOPLE_FAULT_AFTER")
+    ds = ds.map_batches(
+        SegmentActor,
+        fn_constructor_args=(model_ref, ssd_ref, settings, use_gpu, 1, int(fault_after) if fault_after else None),
+        compute=ActorPoolStrategy(min_size=lo, max_size=hi),
+        batch_format="pyarrow",
+        batch_size=int(cfg.batch_size),
+        num_gpus=cfg.num_gpus if use_gpu else None,
+        num_cpus=1,
+        # bounded on purpose: Ray Data's defaults (-1) would let a poison image crash-loop an actor
+        max_restarts=2,
+        max_task_retries=2,
+    )
+    anon = AnonymizeParams(mode=cfg.mode, radius_mode=cfg.radius_mode, radius=cfg.radius,
+                           min_radius=cfg.min_radius, dilate=cfg.dilate, dissolve=cfg.dissolve,
+                           fill_color=tuple(cfg.fill_color))
+    finish = FinishParams(cfg.output, opts, anon, secret, cfg.jpeg_quality, cfg.metadata,
+                          cfg.output_format, model_name, model_sha, run_id)
+    ds = ds.map_batches(finish_batch, fn_kwargs={"p": finish}, batch_format="pyarrow",
+                        batch_size=cfg.batch_size, num_cpus=1, max_retries=2)
+    return ds
+
+
+def _shard_names(run_id: str):
+    from ray.data.datasource import FilenameProvider
+
+    class ShardNames(FilenameProvider):
+        def get_filename_for_block(self, block, write_uuid, task_index, block_index):
+            return metastore.shard_name(run_id, task_index, block_index)
+
+    return ShardNames()
+
+
+def pyarrow_fs(fs):
+    from fsspec.implementations.local import LocalFileSystem
+    from pyarrow.fs import FSSpecHandler, LocalFileSystem as PaLocal, PyFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        return PaLocal()
+    return PyFileSystem(FSSpecHandler(fs))
+
+
+def run_job(cfg: RunConfig) -> int:
+    from .anonymize import resolve_secret
+    from .models.registry import resolve_model
+    from .segment import load_ssd_bytes
+
+    started = time.time()
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+    opts = cfg.fsspec_options()
+    if cfg.input:
+        storage.check_no_overlap(cfg.input, cfg.output)
+    secret = resolve_secret(cfg.secret_file)
+    log(f"run {run_id}: anonymization secret from {secret.source}")
+    out_fs, out_root = storage.filesystem(cfg.output, opts)
+    lock = metastore.RunLock(out_fs, out_root, owner=f"{socket.gethostname()}:{os.getpid()}:{run_id}",
+                             lease=cfg.lock_lease, wait=cfg.wait_for_lock, progress=log)
+    with lock:
+        metastore.recover(out_fs, out_root, progress=log)
+        # ---- inputs
+        if cfg.manifest:
+            items = storage.read_manifest(cfg.manifest, cfg.manifest_column, opts, cfg.input)
+            items = storage.stat_items(items, opts)
+            log(f"manifest {cfg.manifest}: {len(items):,} keys")
+        else:
+            log(f"listing {cfg.input} ...")
+            items = storage.list_inputs(cfg.input, opts, cfg.extensions, exclude_prefix=cfg.output)
+            log(f"listed {len(items):,} images under {cfg.input}")
+        if cfg.limit:
+            items = items[: cfg.limit]
+        total = len(items)
+        skipped = 0
+        if not cfg.force:
+            done = metastore.current_ok(out_fs, out_root)
+            keep = [it for it in items if not _unchanged(it, done)]
+            skipped = total - len(keep)
+            items = keep
+            if skipped:
+                log(f"incremental: {skipped:,} inputs already anonymized and unchanged, skipped (--force reprocesses)")
+        table = _items_table(items)
+        # ---- models (resolved once, on the driver)
+        settings = FinderSettings.preset(cfg.recall, tile_threshold=cfg.threshold)
+        model = resolve_model(cfg.model, cfg.model_sha256, opts, progress=log)
+        ssd = load_ssd_bytes() if "ssd" in settings.proposers else None
+        if "ssd" in settings.proposers and ssd is None:
+            log("person SSD proposer not available: running without it")
+        import ray
+
+        _init_ray(cfg)
+        staging = metastore.staging_path(out_root, run_id)
+        counts = {"ok": 0, "error": 0, "skipped": skipped}
+        if table.num_rows:
+            ds = build_dataset(cfg, table, ray.put(model.data), ray.put(ssd) if ssd else None, secret, run_id,
+                               model.name, model.sha256, settings)
+            ctx = ray.data.DataContext.get_current()
+            # a batch whose worker died for good must not fail the job: its keys are reconciled below
+            ctx.max_errored_blocks = max(1, table.num_rows)
+            ds.write_parquet(staging, filesystem=pyarrow_fs(out_fs),
+                             filename_provider=_shard_names(run_id))
+            written = metastore.staged_keys(out_fs, staging)
+            missing = [k for k in table.column("key").to_pylist() if k not in written]
+            if missing:
+                log(f"{len(missing):,} inputs produced no row (worker lost): recording them as errors")
+                metastore.write_error_rows(out_fs, staging, run_id, missing, table,
+                                           "no result: the worker processing this image failed repeatedly "
+                                           "(crash or out of memory); rerun to retry")
+            metastore.commit(out_fs, out_root, staging, progress=log)
+            c = metastore.run_counts(out_fs, out_root, run_id)
+            counts["ok"], counts["error"] = c.get("ok", 0), c.get("error", 0)
+        wall = time.time() - started
+        processed = counts["ok"] + counts["error"]
+        stats = {
+            "run_id": run_id, "output": storage.redact_url(cfg.output),
+            "counts": counts, "inputs": total, "processed": processed,
+            "wall_seconds": round(wall, 3),
+            "images_per_second": round(processed / wall, 3) if wall > 0 else None,
+            "model": model.name, "model_sha256": model.sha256,
+            "secret_source": secret.source, "finished_at": datetime.now(timezone.utc).isoformat(),
+            "skipped_inputs_have_rows": False,
+            "config": cfg.public_dict(),
+        }
+        storage.write_bytes(out_fs, out_root.rstrip("/") + "/_stats.json",
+                            json.dumps(stats, indent=2, default=str).encode())
+    error_rate = counts["error"] / processed if processed else 0.0
+    print(f"fuzzy-people: {counts['ok']} ok, {counts['error']} error, {counts['skipped']} skipped; "
+          f"{stats['images_per_second']} images/s over {wall:.1f} s; output {storage.redact_url(cfg.output)} "
+          f"(metadata in {META_DIR}/)", flush=True)
+    if error_rate > cfg.max_error_rate:
+        print(f"fuzzy-people: error share {error_rate:.3f} exceeds --max-error-rate {cfg.max_error_rate}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def _unchanged(item: storage.InputItem, done: dict[str, tuple[int | None, str | None]]) -> bool:
+    prev = done.get(item.key)
+    if prev is None or item.error:
+        return False
+    size, etag = prev
+    return size == item.size and etag == item.etag
