@@ -12,33 +12,34 @@ Run once, by hand, in a throwaway venv (TensorFlow is never a dependency of the 
 ``../shared/data/pennfudan-dev/images``), ``--count N`` (default 10), ``--out PATH`` (default
 ``tests/fixtures/ssd_parity.npz``).
 
-Views (deterministic): ``--count`` images evenly spaced over the sorted PNG names; each whole
-image downscaled with PIL bilinear so that its longer side is 160 px (to keep the fixture small;
-the graph then upsamples it to 300x300), plus native-resolution tiles cut from the centre of the
-first four of those images, of sizes (h, w) 200x150, 300x300, 120x320 and 330x180
-(clamped to the image), so that the graph's resize upsamples, keeps, and downsamples.
+Views (deterministic): ``--count`` images evenly spaced over the sorted PNG names, each whole
+as decoded (the graph downsamples it to 300x300), plus tiles cut from the centre of the first
+four of those images, of sizes (h, w) 200x150, 300x300, 120x320 and 330x180 (clamped to the
+image), so that the graph's resize downsamples, upsamples, keeps, and mixes the two.
 
 Each view runs alone through the complete graph from ``image_tensor`` (uint8 [1,H,W,3]) to its
 own post-processing. Saved with ``np.savez_compressed``:
 
-* ``png`` uint8 (the views as PNG files, lossless, one after another), ``png_offsets`` int64
-  ``[V+1]`` (view i is ``png[png_offsets[i]:png_offsets[i+1]]``) and ``shapes`` int32 ``[V,3]``:
-  the views exactly as fed (PNG because it packs photos a third smaller than zlib on raw bytes);
+* ``names`` ``[V]`` (``FILE:whole`` or ``FILE:tileHxW``), ``shapes`` int32 ``[V,3]`` and
+  ``view_sha256`` ``[V]`` of the views exactly as fed. The dev photos are never copied into the
+  repository: the test rebuilds the views from ../shared with :func:`make_views` (this file) and
+  checks these hashes; the last view is ``synthetic`` (:func:`synthetic_view`, no photo), so the
+  converter's raw-output parity is checked even where the dev set is absent;
 * ``det_boxes`` float32 ``[V,100,4]`` (ymin, xmin, ymax, xmax, normalized), ``det_scores``
   float32 ``[V,100]``, ``num_detections`` int32 ``[V]``: the graph's final detections;
 * ``anchors`` float32 ``[1917,4]``: the graph's ``Concatenate/concat:0``;
 * ``resized_sub`` float32 ``[V,16,16,3]``: the graph's 300x300 resized input (the tensor the
   ONNX model takes) at rows and columns 0, 20, ..., 280, 299 (``sub_index``);
 * ``raw_boxes`` float32 ``[R,1917,4]`` and ``raw_logits`` float32 ``[R,1917,2]``: the graph's
-  ``Squeeze:0`` and ``concat_1:0`` for the first R=3 views;
-* ``names``, ``tf_version``, ``graph_sha256``.
+  ``Squeeze:0`` and ``concat_1:0`` for the views ``raw_index`` (the first two photos and the
+  synthetic view);
+* ``tf_version``, ``graph_sha256``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import sys
 from pathlib import Path
 
@@ -50,10 +51,9 @@ sys.path.insert(0, str(ROOT))
 
 from pipeline.models.ssd import GRAPH_INPUT, GRAPH_OUTPUTS, SSD  # noqa: E402
 
-WHOLE_SIDE = 160
 TILES = [(200, 150), (300, 300), (120, 320), (330, 180)]
 SUB = np.r_[0:300:20, 299]
-RAW_VIEWS = 3
+RAW_PHOTOS = 2
 
 
 def pick(names: list[str], count: int) -> list[str]:
@@ -69,13 +69,10 @@ def make_views(paths: list[Path]) -> tuple[list[np.ndarray], list[str]]:
     originals = []
     for p in paths:
         with Image.open(p) as im:
-            im = im.convert("RGB")
-            originals.append(np.asarray(im, dtype=np.uint8).copy())
-            w, h = im.size
-            k = WHOLE_SIDE / max(w, h)
-            small = im.resize((max(1, round(w * k)), max(1, round(h * k))), Image.BILINEAR)
-            views.append(np.asarray(small, dtype=np.uint8).copy())
-            names.append(f"{p.name}:whole@{WHOLE_SIDE}")
+            img = np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        originals.append(img)
+        views.append(img)
+        names.append(f"{p.name}:whole")
     for (th, tw), img, p in zip(TILES, originals, paths):
         th, tw = min(th, img.shape[0]), min(tw, img.shape[1])
         y, x = (img.shape[0] - th) // 2, (img.shape[1] - tw) // 2
@@ -84,10 +81,17 @@ def make_views(paths: list[Path]) -> tuple[list[np.ndarray], list[str]]:
     return views, names
 
 
-def png_bytes(view: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(view).save(buf, format="PNG", optimize=True)
-    return buf.getvalue()
+def synthetic_view(height: int = 457, width: int = 97) -> np.ndarray:
+    """A deterministic uint8 RGB test card (integer arithmetic only): stripes, a ramp, checkers."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.int64)
+    r = (x * 7 + y * 3) % 256
+    g = (x * x + y * 5) // 3 % 256
+    b = ((x // 8 + y // 8) % 2) * 200 + 30
+    return np.stack([r, g, b], -1).astype(np.uint8)
+
+
+def view_sha256(view: np.ndarray) -> str:
+    return hashlib.sha256(repr(view.shape).encode() + view.tobytes()).hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = [args.images / n for n in pick([p.name for p in args.images.glob("*.png")], args.count)]
     views, names = make_views(paths)
+    views.append(synthetic_view())
+    names.append("synthetic")
+    raw_index = list(range(RAW_PHOTOS)) + [len(views) - 1]
     fetch = [
         "detection_boxes:0", "detection_scores:0", "num_detections:0", "Concatenate/concat:0",
         GRAPH_INPUT, GRAPH_OUTPUTS["boxes"], GRAPH_OUTPUTS["logits"],
@@ -132,21 +139,18 @@ def main(argv: list[str] | None = None) -> int:
             anchors = anc
         elif not np.array_equal(anchors, anc):
             raise SystemExit("the graph's anchors changed between views")
-        if i < RAW_VIEWS:
+        if i in raw_index:
             raw_boxes.append(rb[0])
             raw_logits.append(rl[0])
         above = int((s[0] > 0.05).sum())
         print(f"{names[i]:40s} {view.shape[1]}x{view.shape[0]}: {int(n[0])} detections, "
               f"{above} above 0.05, best {s[0][0]:.3f}")
 
-    pngs = [png_bytes(v) for v in views]
-    for v, b in zip(views, pngs):  # lossless round trip, or the fixture would lie
-        assert np.array_equal(np.asarray(Image.open(io.BytesIO(b)).convert("RGB")), v)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         args.out,
-        png=np.frombuffer(b"".join(pngs), np.uint8),
-        png_offsets=np.cumsum([0] + [len(b) for b in pngs]).astype(np.int64),
+        names=np.array(names),
+        view_sha256=np.array([view_sha256(v) for v in views]),
         shapes=np.array([v.shape for v in views], np.int32),
         det_boxes=np.stack(det_boxes).astype(np.float32),
         det_scores=np.stack(det_scores).astype(np.float32),
@@ -156,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         sub_index=SUB.astype(np.int64),
         raw_boxes=np.stack(raw_boxes).astype(np.float32),
         raw_logits=np.stack(raw_logits).astype(np.float32),
-        names=np.array(names),
+        raw_index=np.array(raw_index, np.int64),
         tf_version=np.array(tf.__version__),
         graph_sha256=np.array(digest),
     )
