@@ -98,6 +98,17 @@ def read_stats(output_url: str, storage_options: dict | None = None) -> dict | N
     return value if isinstance(value, dict) else None
 
 
+def committed_shards(fs, path: str) -> list[str]:
+    """The Parquet shards directly under the metadata dir ``path``; names starting with ``_``
+    or ``.`` (a running or crashed run's ``_staging/``, temporary files) are not committed."""
+    try:
+        entries = fs.ls(path, detail=False) if fs.isdir(path) else []
+    except FileNotFoundError:
+        return []
+    names = (p.rstrip("/").rsplit("/", 1)[-1] for p in entries)
+    return sorted(f"{path.rstrip('/')}/{n}" for n in names if n.endswith(".parquet") and not n.startswith(("_", ".")))
+
+
 def _dataset(output_url: str, storage_options: dict | None):
     import pyarrow.dataset as ds
     import pyarrow.fs as pafs
@@ -106,16 +117,16 @@ def _dataset(output_url: str, storage_options: dict | None):
     url = join(output_url, METADATA_DIR)
     fs, path = filesystem(url, storage_options)
     try:
-        present = fs.isdir(path) and any(p.endswith(".parquet") for p in fs.find(path))
+        shards = committed_shards(fs, path)
     except Exception as exc:  # noqa: BLE001 - credentials, network: say where
         raise RunOutputError(f"cannot list {url}: {exc}") from exc
-    if not present:
+    if not shards:
         raise RunOutputError(f"no Parquet metadata under {url}: is {output_url} a fuzzy-people output?")
     if isinstance(fs, LocalFileSystem):
         pa_fs = pafs.LocalFileSystem()
     else:
         pa_fs = pafs.PyFileSystem(pafs.FSSpecHandler(fs))
-    return ds.dataset(path, format="parquet", filesystem=pa_fs, exclude_invalid_files=False)
+    return ds.dataset(shards, format="parquet", filesystem=pa_fs)
 
 
 def _timestamps(column) -> list[int | None]:

@@ -123,6 +123,11 @@ def build_output(root: Path, items: list[Item], *, output_format: str = "jpeg", 
     for i, chunk in enumerate((rows[:half], rows[half:])):
         if chunk:
             pq.write_table(pa.Table.from_pylist(chunk, schema=schema), out_dir / "_metadata" / f"part-{i:05d}.parquet")
+    # a crashed run's staged shard: readers must not count it
+    staging = out_dir / "_metadata" / "_staging" / "run-crashed"
+    staging.mkdir(parents=True, exist_ok=True)
+    stray = dict(rows[0], key=str(in_dir / "staged-only.png"), status="error", error_message="staged, never committed")
+    pq.write_table(pa.Table.from_pylist([stray], schema=schema), staging / "part-run-crashed-000000-000000.parquet")
     if stats:
         counts = {s: sum(1 for r in rows if r["status"] == s) for s in ("ok", "error", "skipped")}
         (out_dir / "_stats.json").write_text(json.dumps({
