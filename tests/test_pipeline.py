@@ -1,0 +1,239 @@
+"""The job end to end: local directories, a real S3 server (moto on loopback, s3fs over HTTP),
+a manifest, and `ray job submit` against a real local head."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import pytest
+from PIL import ExifTags, Image, ImageOps
+
+from corpus import BASE_SIZE, MAKER_NOTE, build_corpus
+from pipeline.cli import main
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+DEV_NAMES = ["FudanPed00001.png", "FudanPed00017.png", "PennPed00010.png", "PennPed00043.png"]
+SECRET = "test-secret-for-determinism"
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch):
+    monkeypatch.setenv("FUZZY_PEOPLE_SECRET", SECRET)
+
+
+def make_input(root: Path, dev_dir: Path) -> dict[str, dict]:
+    """Dev photos plus the hostile corpus; returns rel key -> expectation."""
+    expect: dict[str, dict] = {}
+    (root / "street").mkdir(parents=True)
+    for name in DEV_NAMES:
+        shutil.copy(dev_dir / "images" / name, root / "street" / name)
+        with Image.open(dev_dir / "images" / name) as im:
+            expect[f"street/{name}"] = {"status": "ok", "size": im.size, "gt": dev_dir / "masks" / name.replace(".png", "_mask.png")}
+    person = np.asarray(Image.open(dev_dir / "images" / "FudanPed00001.png").convert("RGB"))
+    for item in build_corpus(root / "corpus", people_image=person):
+        expect[f"corpus/{item.relpath}"] = {"status": item.expect, "size": item.expect_size}
+    return expect
+
+
+def read_rows(out: str, filesystem=None) -> list[dict]:
+    ds = pads.dataset(out.rstrip("/") + "/_metadata", format="parquet", filesystem=filesystem)
+    return ds.to_table().to_pylist()
+
+
+def upright(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+def check_run(rows: list[dict], expect: dict[str, dict], in_prefix: str, read_in, read_out) -> None:
+    import cv2
+    from pycocotools import mask as cocomask
+
+    def dilate(m: np.ndarray, n: int) -> np.ndarray:
+        return cv2.dilate(m.astype(np.uint8), np.ones((2 * n + 1, 2 * n + 1), np.uint8)) > 0
+
+    by_rel = {r["key"][len(in_prefix):].lstrip("/"): r for r in rows}
+    assert sorted(by_rel) == sorted(expect), "one metadata row per input object"
+    assert len(rows) == len(expect)
+    for rel, want in expect.items():
+        row = by_rel[rel]
+        assert row["status"] == want["status"], (rel, row["status"], row["error_message"])
+        if row["status"] == "error":
+            assert row["error_message"], rel
+            assert row["output_key"] is None
+            continue
+        out = read_out(row["output_key"])
+        with Image.open(io.BytesIO(out)) as im:
+            assert im.format == "JPEG"
+            assert im.size == tuple(want["size"]), (rel, im.size, want["size"])
+        assert (row["width"], row["height"]) == tuple(want["size"])
+        rle = dict(row["mask_rle"])
+        mask = cocomask.decode({"size": rle["size"], "counts": rle["counts"].encode()}).astype(bool)
+        assert int(mask.sum()) == row["person_pixels"], rel
+        assert mask.shape == (row["height"], row["width"])
+        if rel.startswith("street/"):
+            src = upright(read_in(row["key"]))
+            got = upright(out).astype(np.int16)
+            gt = np.asarray(Image.open(want["gt"])) > 0
+            assert row["num_people"] >= 1 and row["person_fraction"] > 0.02, rel
+            # every annotated person pixel is (almost all) inside the anonymized mask
+            assert (mask & gt).sum() / gt.sum() > 0.97, rel
+            diff = np.abs(got - src.astype(np.int16)).mean(axis=2)
+            assert diff[gt].mean() > 10, f"{rel}: person pixels barely changed ({diff[gt].mean():.1f})"
+            far = ~dilate(mask, 8)
+            assert diff[far].mean() < 3.0, f"{rel}: pixels far from people changed ({diff[far].mean():.2f})"
+
+
+def _local_reader(path: str) -> bytes:
+    return Path(path.replace("file://", "")).read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ tests
+
+def test_local_directories_end_to_end(tmp_path, dev_dir, ray_local):
+    src, out = tmp_path / "in", tmp_path / "out"
+    expect = make_input(src, dev_dir)
+    code = main(["run", "--input", str(src), "--output", str(out), "--max-error-rate", "0.5"])
+    assert code == 0
+    rows = read_rows(str(out))
+    check_run(rows, expect, str(src), _local_reader, _local_reader)
+    # the EXIF file: upright, GPS kept, MakerNote / thumbnail / serial dropped, orientation reset
+    row = next(r for r in rows if r["key"].endswith("orientation6_gps_thumb.jpg"))
+    data = Path(row["output_key"]).read_bytes()
+    assert MAKER_NOTE not in data and b"CORPUS-MAKERNOTE" not in data
+    assert data.count(b"\xff\xd8\xff") == 1, "an embedded JPEG (thumbnail) survived"
+    with Image.open(io.BytesIO(data)) as im:
+        exif = im.getexif()
+        assert exif.get(0x0112) == 1
+        gps = exif.get_ifd(0x8825)
+        assert gps and gps.get(2), "GPS latitude kept with --metadata keep"
+        assert 0x927C not in exif.get_ifd(0x8769)
+        assert not exif.get_ifd(ExifTags.IFD.IFD1), "EXIF thumbnail IFD dropped"
+    stats = json.loads((out / "_stats.json").read_text())
+    assert stats["counts"]["ok"] == sum(1 for e in expect.values() if e["status"] == "ok")
+    assert stats["counts"]["error"] == sum(1 for e in expect.values() if e["status"] == "error")
+    assert SECRET not in json.dumps(stats)
+    # no partial files left under final names, nothing outside the expected outputs
+    assert not list(out.rglob("*.part"))
+
+
+def test_metadata_strip_keeps_only_icc(tmp_path, ray_local):
+    src, out = tmp_path / "in", tmp_path / "out"
+    items = build_corpus(src)
+    code = main(["run", "--input", str(src / "exif"), "--output", str(out), "--metadata", "strip", "--recall", "fast"])
+    assert code == 0
+    (row,) = read_rows(str(out))
+    data = Path(row["output_key"]).read_bytes()
+    with Image.open(io.BytesIO(data)) as im:
+        assert not im.getexif(), "no EXIF with --metadata strip"
+        assert "xmp" not in im.info
+        assert im.size == (BASE_SIZE[0], BASE_SIZE[1])
+
+
+def test_manifest_and_rejected_keys(tmp_path, dev_dir, ray_local):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name in DEV_NAMES[:2]:
+        shutil.copy(dev_dir / "images" / name, src / name)
+    manifest = tmp_path / "keys.txt"
+    manifest.write_text(f"{DEV_NAMES[0]}\n{DEV_NAMES[1]}\nmissing.jpg\n../escape.jpg\n")
+    code = main(["run", "--input", str(src), "--manifest", str(manifest), "--output", str(out),
+                 "--recall", "fast", "--max-error-rate", "1"])
+    assert code == 0
+    rows = {r["key"].rsplit("/", 1)[-1]: r for r in read_rows(str(out))}
+    assert len(rows) == 4
+    assert rows[DEV_NAMES[0]]["status"] == rows[DEV_NAMES[1]]["status"] == "ok"
+    assert rows["missing.jpg"]["status"] == "error" and "not found" in rows["missing.jpg"]["error_message"]
+    assert rows["escape.jpg"]["status"] == "error" and ".." in rows["escape.jpg"]["error_message"]
+    assert not (tmp_path / "escape.jpg").exists()
+
+
+def test_s3_end_to_end(tmp_path, dev_dir, ray_local, s3_server, s3fs_client):
+    fs = s3fs_client
+    fs.mkdir("raw-bucket")
+    fs.mkdir("anon-bucket")
+    local = tmp_path / "in"
+    expect = make_input(local, dev_dir)
+    for rel in expect:
+        fs.put_file(str(local / rel), f"raw-bucket/archive/{rel}")
+    code = main(["run", "--input", "s3://raw-bucket/archive/", "--output", "s3://anon-bucket/anon/",
+                 "--endpoint-url", s3_server, "--recall", "fast", "--max-error-rate", "0.5"])
+    assert code == 0
+    fs.invalidate_cache()
+    files = [p for p in fs.find("anon-bucket/anon/_metadata") if p.endswith(".parquet") and "/_staging/" not in p]
+    import pyarrow.parquet as pq
+
+    rows = []
+    for p in files:
+        rows.extend(pq.read_table(io.BytesIO(fs.cat_file(p))).to_pylist())
+    check_run(rows, expect, "s3://raw-bucket/archive", lambda k: fs.cat_file(k), lambda k: fs.cat_file(k))
+    assert fs.exists("anon-bucket/anon/_stats.json")
+    assert not fs.exists("anon-bucket/anon/_lock.json"), "the run lock is released"
+
+
+def test_bad_flag_values_fail_at_start_naming_the_flag(tmp_path, capsys):
+    code = main(["run", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--radius", "-1"])
+    assert code == 2
+    assert "--radius" in capsys.readouterr().err
+    code = main(["run", "--input", str(tmp_path), "--output", str(tmp_path / "sub")])
+    assert code == 2
+    assert "overlaps" in capsys.readouterr().err
+
+
+def test_ray_job_submit(tmp_path, dev_dir):
+    """A real head on 127.0.0.1, `ray job submit` of jobs/anonymize.py, wait for SUCCEEDED."""
+    from conftest import free_port
+
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name in DEV_NAMES[:2]:
+        shutil.copy(dev_dir / "images" / name, src / name)
+    port, dash = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")}
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    ray_bin = ray_bin if os.path.exists(ray_bin) else shutil.which("ray")
+    # --block keeps `ray start` in the foreground; stopping it stops this head only (a
+    # `ray stop` would also kill the test session's own local Ray)
+    head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+                             "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+                             "--num-cpus", "2", "--include-dashboard", "true", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while subprocess.run([ray_bin, "job", "list", "--address", f"http://127.0.0.1:{dash}"], env=env,
+                             capture_output=True, timeout=60).returncode != 0:
+            assert head.poll() is None, "ray start --head exited"
+            assert time.time() < deadline, "the Ray head's job server did not come up in 120 s"
+            time.sleep(2)
+        submit = subprocess.run(
+            [ray_bin, "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+             "--runtime-env-json", json.dumps({"env_vars": {"FUZZY_PEOPLE_SECRET": SECRET},
+                                                "excludes": ["tests/fixtures", ".git"]}),
+             "--", "python", "jobs/anonymize.py", "--input", str(src), "--output", str(out), "--recall", "fast"],
+            env=env, capture_output=True, text=True, timeout=600)
+        assert submit.returncode == 0, (submit.stdout[-3000:], submit.stderr[-3000:])
+        assert "SUCCEEDED" in submit.stdout + submit.stderr
+    finally:
+        import signal
+
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+    rows = read_rows(str(out))
+    assert sorted(r["status"] for r in rows) == ["ok", "ok"]
+    for r in rows:
+        with Image.open(r["output_key"]) as im:
+            assert im.format == "JPEG"
