@@ -149,6 +149,23 @@ def _legacy_weights(in_size: int, out_size: int):
     return lower, upper, (src - floor).astype(np.float32)
 
 
+def _pixel_rows(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """``(pixels [P, C], pitch)``: pixel (y, x) of ``image`` is ``pixels[y * pitch + x]``.
+
+    Without a copy for a crop of a C-contiguous image (a tile is a strided view of its frame):
+    the crop's rows are ``pitch`` pixels apart in memory. Anything else is copied once.
+    """
+    h, w, c = image.shape
+    s0, s1, s2 = image.strides
+    item = image.itemsize
+    if s2 == item and s1 == c * item and s0 > 0 and s0 % s1 == 0 and s0 // s1 >= w:
+        pitch = s0 // s1
+        count = (h - 1) * pitch + w
+        pixels = np.lib.stride_tricks.as_strided(image, (count, c), (s1, s2), writeable=False)
+        return pixels, pitch
+    return np.ascontiguousarray(image).reshape(h * w, c), w
+
+
 def resize_bilinear_tf(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     """``tf.compat.v1.image.resize_bilinear(image, (size, size))`` of one HxWxC image, float32.
 
@@ -161,13 +178,24 @@ def resize_bilinear_tf(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
     h, w = image.shape[:2]
     y0, y1, ly = _legacy_weights(h, size)
     x0, x1, lx = _legacy_weights(w, size)
-    img = image if image.dtype == np.float32 else image.astype(np.float32)
+    flat, row_pitch = _pixel_rows(image)
+    rows0, rows1 = (y0 * row_pitch)[:, None], (y1 * row_pitch)[:, None]
+    f32 = np.float32
+
+    def gather(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        # in the source dtype, then converted: exact for uint8, and 4x less memory traffic
+        return np.take(flat, rows + cols, axis=0).astype(f32)
+
+    def lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+        out = b - a  # a + (b - a) * t, TF's order of float32 operations, in place
+        out *= t
+        out += a
+        return out
+
     lx = lx[None, :, None]
-    top_left, top_right = img[y0[:, None], x0], img[y0[:, None], x1]
-    bottom_left, bottom_right = img[y1[:, None], x0], img[y1[:, None], x1]
-    top = top_left + (top_right - top_left) * lx
-    bottom = bottom_left + (bottom_right - bottom_left) * lx
-    return top + (bottom - top) * ly[:, None, None]
+    top = lerp(gather(rows0, x0), gather(rows0, x1), lx)
+    bottom = lerp(gather(rows1, x0), gather(rows1, x1), lx)
+    return lerp(top, bottom, ly[:, None, None])
 
 
 def _check_view(view: np.ndarray, i: int) -> None:

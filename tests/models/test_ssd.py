@@ -358,6 +358,16 @@ def test_resize_is_tf_legacy_not_pixel_centres():
     np.testing.assert_array_equal(got, [0, 50, 100, 100])
 
 
+def test_resize_reads_crops_and_odd_layouts_like_copies(synthetic):
+    frame = np.ascontiguousarray(np.concatenate([synthetic, synthetic[::-1]], axis=1))  # 457x194
+    for view in (frame[100:400, 50:180], frame[::2, ::3], np.asfortranarray(frame), frame[:1, :1]):
+        want = ssd.resize_bilinear_tf(np.ascontiguousarray(view))
+        np.testing.assert_array_equal(ssd.resize_bilinear_tf(view), want)
+    # and a crop really is resized from its own pixels, not its frame's
+    crop = frame[200:260, 10:70]
+    np.testing.assert_array_equal(ssd.resize_bilinear_tf(crop, 4)[0, 0], crop[0, 0])
+
+
 # --------------------------------------------------------------------------------------------
 # the model: preparation and parity with TensorFlow
 # --------------------------------------------------------------------------------------------
