@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.models import fetch, ssd
 from pipeline.models.fetch import ModelError
@@ -315,6 +317,32 @@ def test_nms_known_answers():
     assert ssd.nms(np.zeros((0, 4)), np.zeros(0)).tolist() == []
     with pytest.raises(ValueError):
         ssd.nms(boxes, scores[:3])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0, 50), st.floats(0, 50), st.floats(0.5, 30), st.floats(0.5, 30),
+            st.floats(0.01, 1.0),
+        ),
+        min_size=1, max_size=25,
+    ),
+    st.sampled_from([0.3, 0.5, 0.6, 0.8]),
+)
+def test_nms_properties(rows, iou):
+    arr = np.array(rows, np.float64)
+    boxes = np.stack([arr[:, 0], arr[:, 1], arr[:, 0] + arr[:, 2], arr[:, 1] + arr[:, 3]], 1)
+    boxes = boxes.astype(np.float32)
+    scores = arr[:, 4].astype(np.float32)
+    keep = ssd.nms(boxes, scores, iou=iou)
+    assert len(set(keep.tolist())) == len(keep) and len(keep) >= 1
+    assert np.all(np.diff(scores[keep]) <= 0)  # best first
+    for n, k in enumerate(keep):  # kept boxes do not overlap each other above the threshold
+        assert np.all(ssd.box_iou(boxes[k], boxes[keep[n + 1 :]]) <= iou)
+    for d in sorted(set(range(len(rows))) - set(keep.tolist())):  # each drop has a reason
+        better = [k for k in keep if (scores[k], -k) > (scores[d], -d)]
+        assert better and ssd.box_iou(boxes[d], boxes[better]).max() > iou
 
 
 def test_postprocess_runs_nms_before_clipping_and_maps_to_pixels():
