@@ -115,7 +115,7 @@ class SegmentActor:
     """Holds one PersonFinder (one onnxruntime session) per actor; CUDA when given a GPU."""
 
     def __init__(self, model_ref, ssd_ref, settings: FinderSettings, use_gpu: bool, threads: int,
-                 fault_after: int | None = None):
+                 fault: tuple[int, str] | None = None):
         import ray
 
         from .segment import PersonFinder
@@ -123,16 +123,16 @@ class SegmentActor:
         model = ray.get(model_ref) if isinstance(model_ref, ray.ObjectRef) else model_ref
         ssd = ray.get(ssd_ref) if isinstance(ssd_ref, ray.ObjectRef) else ssd_ref
         self.finder = PersonFinder(model, settings, use_gpu=use_gpu, threads=threads, ssd_bytes=ssd)
-        self.fault_after = fault_after  # test hook: exit the worker process once after N batches
+        # test hook (FUZZY_PEOPLE_FAULT_AFTER=N, FUZZY_PEOPLE_FAULT_MARKER=path on the driver):
+        # the worker process exits once after N batches, as a crashed native library would
+        self.fault = fault
         self.batches = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.batches += 1
-        if self.fault_after is not None and self.batches > self.fault_after:
-            marker = os.environ.get("FUZZY_PEOPLE_FAULT_MARKER")
-            if marker and not os.path.exists(marker):
-                open(marker, "w").close()
-                os._exit(1)
+        if self.fault is not None and self.batches > self.fault[0] and not os.path.exists(self.fault[1]):
+            open(self.fault[1], "w").close()
+            os._exit(1)
         return segment_batch(batch, self.finder)
 
 
@@ -323,10 +323,11 @@ def build_dataset(cfg: RunConfig, table: pa.Table, model_ref, ssd_ref, secret, r
     resources = ray.cluster_resources()
     lo, hi = segment_pool(cfg, resources.get("CPU", 1), resources.get("GPU", 0))
     use_gpu = cfg.num_gpus > 0
-    fault_after = os.environ.get("FUZZY_PEOPLE_FAULT_AFTER")
+    fault_after, marker = os.environ.get("FUZZY_PEOPLE_FAULT_AFTER"), os.environ.get("FUZZY_PEOPLE_FAULT_MARKER")
+    fault = (int(fault_after), marker) if fault_after and marker else None
     ds = ds.map_batches(
         SegmentActor,
-        fn_constructor_args=(model_ref, ssd_ref, settings, use_gpu, 1, int(fault_after) if fault_after else None),
+        fn_constructor_args=(model_ref, ssd_ref, settings, use_gpu, 1, fault),
         compute=ActorPoolStrategy(min_size=lo, max_size=hi),
         batch_format="pyarrow",
         batch_size=int(cfg.batch_size),
