@@ -65,8 +65,9 @@ def staging_path(root: str, run_id: str) -> str:
     return f"{meta_path(root)}/{STAGING}/{run_id}"
 
 
-def shard_name(run_id: str, task_index: int, block_index: int) -> str:
-    return f"part-{run_id}-{task_index:06d}-{block_index:06d}.parquet"
+def shard_name(run_id: str, task_index: int, block_index: int, write_uuid: str = "") -> str:
+    tag = f"-{write_uuid}" if write_uuid else ""
+    return f"part-{run_id}{tag}-{task_index:06d}-{block_index:06d}.parquet"
 
 
 def _parquet_files(fs, path: str) -> list[str]:
@@ -141,10 +142,12 @@ def commit(fs, root: str, staging: str, progress: Progress = _quiet) -> int:
         dst = meta_path(root) + "/" + p.rsplit("/", 1)[-1]
         _move(fs, p, dst)
         moved.append(dst)
-    try:
-        fs.rm(staging, recursive=True)
-    except (FileNotFoundError, OSError):
-        pass
+    for leftover in (staging, f"{meta_path(root)}/{STAGING}"):
+        try:  # the run's folder, then the staging folder itself when no other run uses it
+            if fs.exists(leftover) and (leftover == staging or not fs.ls(leftover)):
+                fs.rm(leftover, recursive=True)
+        except (FileNotFoundError, OSError):
+            pass
     compact(fs, root, progress)
     return len(moved)
 

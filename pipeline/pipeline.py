@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -317,6 +318,9 @@ def build_dataset(cfg: RunConfig, table: pa.Table, model_ref, ssd_ref, secret, r
     rows_per_block = max(1, cfg.batch_size)
     blocks = [table.slice(k, rows_per_block) for k in range(0, table.num_rows, rows_per_block)] or [table]
     ds = ray.data.from_arrow(blocks)
+    # Retry limits can only be set through **ray_remote_args in Ray 2.60 (deprecated for 2.64,
+    # which offers no replacement yet); silence that warning for these calls only.
+    warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated", category=Warning)
     decode = DecodeParams(opts, cfg.max_pixels, settings, "hog" in settings.proposers)
     ds = ds.map_batches(read_decode_batch, fn_kwargs={"p": decode}, batch_format="pyarrow",
                         batch_size=cfg.batch_size, num_cpus=1, max_retries=2)
@@ -351,8 +355,12 @@ def _shard_names(run_id: str):
     from ray.data.datasource import FilenameProvider
 
     class ShardNames(FilenameProvider):
+        # Ray 2.60's Parquet sink asks for one file per write task
+        def get_filename_for_task(self, write_uuid, task_index):
+            return metastore.shard_name(run_id, task_index, 0, write_uuid)
+
         def get_filename_for_block(self, block, write_uuid, task_index, block_index):
-            return metastore.shard_name(run_id, task_index, block_index)
+            return metastore.shard_name(run_id, task_index, block_index, write_uuid)
 
     return ShardNames()
 
@@ -428,8 +436,9 @@ def run_job(cfg: RunConfig) -> int:
             if missing:
                 log(f"{len(missing):,} inputs produced no row (worker lost): recording them as errors")
                 metastore.write_error_rows(out_fs, staging, run_id, missing, table,
-                                           "no result: the worker processing this image failed repeatedly "
-                                           "(crash or out of memory); rerun to retry")
+                                           "no result row: the batch holding this image failed for good "
+                                           "(worker crash, out of memory, or a failed metadata write; see "
+                                           "the job log); rerun to retry")
             metastore.commit(out_fs, out_root, staging, progress=log)
             c = metastore.run_counts(out_fs, out_root, run_id)
             counts["ok"], counts["error"] = c.get("ok", 0), c.get("error", 0)
