@@ -24,6 +24,7 @@ from typing import Any, Iterable
 from . import runoutput
 
 REPORT_FILE = "report.html"
+AUDIT_FILE = "_audit.json"
 MAX_GRID = 500
 MAX_ERRORS = 1000
 THUMB = 256
@@ -97,8 +98,8 @@ def histogram_svg(fractions: list[float], bins: int = 20) -> str:
     counts = [0] * bins
     for v in vals:
         counts[min(bins - 1, int(v / top * bins))] += 1
-    width, height, left, bottom, pad = 640, 220, 44, 34, 10
-    plot_w, plot_h = width - left - pad, height - bottom - pad
+    width, height, left, bottom, pad, right = 640, 220, 44, 34, 10, 24
+    plot_w, plot_h = width - left - right, height - bottom - pad
     peak = max(counts) or 1
     bar_w = plot_w / bins
     parts = [
@@ -182,7 +183,7 @@ th{background:#f0f0f0}td.num{text-align:right;font-variant-numeric:tabular-nums}
 #grid{display:flex;flex-wrap:wrap;gap:10px}
 .card{background:#fff;border:1px solid #ddd;border-radius:4px;padding:6px;width:260px;font-size:12px}
 .card img{display:block;max-width:256px;max-height:256px;margin:0 auto}
-.pair{display:flex;gap:4px}.pair figure{margin:0}.pair img{max-width:126px}
+.card.with-original{width:526px}.pair{display:flex;gap:6px}.pair figure{margin:0}.pair figcaption{text-align:center}
 .key{word-break:break-all;font-family:ui-monospace,monospace}
 .err{font-family:ui-monospace,monospace;white-space:pre-wrap;word-break:break-word}
 """
@@ -224,10 +225,12 @@ def _fmt(value: Any, unit: str = "", digits: int = 2) -> str:
     return f"{value:,}{unit}" if isinstance(value, int) else f"{value}{unit}"
 
 
-def _rows(pairs: Iterable[tuple[str, Any]], id_prefix: str = "") -> str:
+def _rows(pairs: Iterable[tuple], id_prefix: str = "") -> str:
+    """Table rows from (name, value) or (name, value, id suffix) tuples; with ``id_prefix`` the
+    value cell gets id ``id_prefix + (id suffix or name)``."""
     out = []
-    for name, value in pairs:
-        ident = f' id="{id_prefix}{_e(name)}"' if id_prefix else ""
+    for name, value, *suffix in pairs:
+        ident = f' id="{id_prefix}{_e(suffix[0] if suffix else name)}"' if id_prefix else ""
         out.append(f"<tr><th>{_e(name)}</th><td class=\"num\"{ident}>{_e(value)}</td></tr>")
     return "".join(out)
 
@@ -238,7 +241,7 @@ def _config_value(v: Any) -> str:
 
 def render(output_url: str, summary: dict, histogram: str, errors: list[tuple[str, str, str]],
            cards: list[dict], shown: int, total_ok: int, include_originals: bool,
-           generated: str) -> str:
+           generated: str, audit: dict | None = None) -> str:
     """The whole page. ``errors``: (relative key, status, message); ``cards``: dicts with
     ``key``, ``fraction``, ``people``, ``radius``, ``thumb`` (data URI) and, only with
     originals, ``original`` (data URI)."""
@@ -284,6 +287,22 @@ def render(output_url: str, summary: dict, histogram: str, errors: list[tuple[st
     if not stats:
         p.append('<p class="muted">No _stats.json: throughput and config are unknown (the run may not have finished).</p>')
 
+    if audit and isinstance(audit.get("faces"), dict):
+        f = audit["faces"]
+        leak = audit.get("hidden_but_detectable", 0)
+        p.append(f'<h2>Privacy audit</h2><p class="muted">From {_e(AUDIT_FILE)} '
+                 f'({_e((audit.get("detector") or {}).get("name", ""))}, threshold '
+                 f'{_e((audit.get("detector") or {}).get("threshold", ""))}); crops for review under _audit/.</p>')
+        p.append('<table id="audit">' + _rows([
+            ("images audited", (audit.get("images") or {}).get("audited", "n/a"), "images"),
+            ("faces in the inputs", f.get("inputs", "n/a"), "inputs"),
+            ("faces in the outputs", f.get("outputs", "n/a"), "outputs"),
+            ("hidden but still detectable (must be 0)", leak, "hidden_but_detectable"),
+            ("face shape only (pixels scrambled)", f.get("face_shape_only", "n/a"), "face_shape_only"),
+            ("outside our masks", f.get("outside_mask", "n/a"), "outside_mask"),
+            ("other", f.get("other", "n/a"), "other"),
+        ], id_prefix="audit-") + "</table>")
+
     config = stats.get("config") or {}
     extra = {k: v for k, v in stats.items() if k not in ("config", "counts", "run_id", "images_per_second", "wall_seconds")}
     if config or extra:
@@ -312,7 +331,8 @@ def render(output_url: str, summary: dict, histogram: str, errors: list[tuple[st
              '<select id="sort">' + "".join(f'<option value="{k}">{_e(v)}</option>' for k, v in SORTS.items()) + "</select></p>")
     p.append('<div id="grid">')
     for c in cards:
-        head = (f'<div class="card" data-key="{_e(c["key"])}" data-fraction="{c["fraction"]:.6f}" '
+        cls = "card with-original" if c.get("original") else "card"
+        head = (f'<div class="{cls}" data-key="{_e(c["key"])}" data-fraction="{c["fraction"]:.6f}" '
                 f'data-people="{c["people"]}">')
         if c.get("original"):
             body = (f'<div class="pair"><figure><img alt="original" class="original" src="{c["original"]}">'
@@ -341,6 +361,7 @@ def build_report(output_url: str, storage_options: dict | None = None, include_o
     table, has_image = runoutput.read_current(output_url, storage_options)
     stats = runoutput.read_stats(output_url, storage_options)
     summary = summarize(table, stats)
+    audit = _read_audit(output_url, storage_options)
 
     status = _col(table, "status")
     keys = _col(table, "key")
@@ -380,11 +401,20 @@ def build_report(output_url: str, storage_options: dict | None = None, include_o
                     pass
     page = render(
         output_url, summary, hist, errors, [cards[i] for i in chosen], len(chosen), len(ok),
-        include_originals, dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        include_originals, dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"), audit,
     )
     target = out_path or runoutput.join(output_url, REPORT_FILE)
     runoutput.write_bytes(target, page.encode("utf-8"), storage_options)
     return target
+
+
+def _read_audit(output_url: str, storage_options: dict | None) -> dict | None:
+    """``OUTPUT/_audit.json`` when ``fuzzy-people audit`` has run, else None."""
+    try:
+        value = json.loads(runoutput.read_bytes(runoutput.join(output_url, AUDIT_FILE), storage_options))
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _common_dir(keys: list[str | None]) -> str:

@@ -133,6 +133,15 @@ def test_upscaled_pass_finds_small_faces(detector):
     assert 60 <= cx <= 60 + small.shape[1] and 40 <= cy <= 40 + small.shape[0]
 
 
+def test_tile_spans():
+    for length, tile, overlap in ((500, 1024, 128), (1400, 1024, 128), (1025, 1024, 128), (16000, 1024, 128), (1500, 640, 128)):
+        spans = A._tiles(length, tile, overlap)
+        assert spans[0][0] == 0 and sum(spans[-1]) == length
+        assert all(size <= tile for _, size in spans)
+        assert all(a + sa - b >= overlap - 1 for (a, sa), (b, _) in zip(spans, spans[1:]))
+    assert A._tiles(1400, 1024, 128) == [(0, 768), (632, 768)]  # two equal tiles, not 1024 + 504
+
+
 def test_tiles_cover_large_images(detector):
     """A face near the middle of an image larger than a tile is found through the tiling."""
     img = load(SAMPLES / "astronaut.jpg")
@@ -192,6 +201,27 @@ def test_classify_known_answers():
     assert A.classify(np.zeros((0, 5)), inputs, mask) == []
 
 
+def test_resemblance_separates_intact_from_scrambled_pixels():
+    img = load(SAMPLES / "grace_hopper.jpg")
+    h, w = img.shape[:2]
+    box = [175, 132, 357, 336]
+    mask = np.zeros((h, w), bool)
+    mask[100:, 140:390] = True
+    assert A.resemblance(img, img, mask, box) > 0.99
+    noisy = np.clip(img.astype(int) + np.random.default_rng(1).integers(-12, 13, img.shape), 0, 255).astype(np.uint8)
+    assert A.resemblance(img, noisy, mask, box) > 0.9          # JPEG-like noise does not hide a face
+    assert abs(A.resemblance(img, shuffle_inside(img, mask), mask, box)) < 0.2
+    filled = img.copy()
+    filled[mask] = (0, 200, 0)
+    assert A.resemblance(img, filled, mask, box) == 0.0
+    assert A.resemblance(img, img, np.zeros((h, w), bool), box) is None  # nothing was anonymized there
+    faces = np.array([box + [0.9]], np.float32)
+    assert A.classify(faces, faces, mask, img, img)[0]["category"] == "hidden_but_detectable"
+    got = A.classify(faces, faces, mask, img, shuffle_inside(img, mask))[0]
+    assert got["category"] == "face_shape_only" and got["resemblance"] < 0.2
+    assert A.classify(faces, faces, mask, img, shuffle_inside(img, mask), min_resemblance=-1)[0]["category"] == "hidden_but_detectable"
+
+
 # ---------------------------------------------------------------------------- end to end
 
 
@@ -225,13 +255,14 @@ def test_audit_end_to_end(tmp_path, detector, fmt, capsys):
     assert per["good.jpg"]["hidden_but_detectable"] == 0 and per["good.jpg"]["outside_mask"] == 0
     assert result["hidden_but_detectable"] == result["faces"]["hidden_but_detectable"] == 1
     on_disk = json.loads((Path(out) / "_audit.json").read_text())
-    for field in ("output", "detector", "definitions", "images", "faces", "hidden_but_detectable", "crops",
+    for field in ("output", "detector", "min_resemblance", "definitions", "images", "faces", "hidden_but_detectable", "crops",
                   "seconds", "ms_per_image", "findings", "problems", "per_image"):
         assert field in on_disk, field
     assert on_disk["detector"]["sha256"] == A.SHA256 and on_disk["detector"]["scales"] == [1.0, 2.0]
     leak = on_disk["findings"][0]
     assert leak["category"] == "hidden_but_detectable" and leak["key"].endswith("leak.jpg")
-    assert set(leak) >= {"key", "box", "score", "mask_coverage", "iou_input", "crop"}
+    assert set(leak) >= {"key", "box", "score", "mask_coverage", "iou_input", "resemblance", "crop"}
+    assert leak["resemblance"] > 0.95
     crop = Path(out) / leak["crop"]
     assert crop.parent.name == "hidden_but_detectable"
     with Image.open(crop) as im:

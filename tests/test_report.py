@@ -144,10 +144,17 @@ def test_report_in_chromium_without_originals(run_output):
 @needs_chromium
 def test_report_with_originals_says_so(run_output, tmp_path):
     out, originals = run_output
+    assert 'id="audit"' not in Path(report.build_report(out, out_path=str(tmp_path / "plain.html"))).read_text()
+    (Path(out) / "_audit.json").write_text(json.dumps({
+        "detector": {"name": "CenterFace", "threshold": 0.2}, "images": {"audited": 6},
+        "faces": {"inputs": 7, "outputs": 3, "hidden_but_detectable": 1, "face_shape_only": 0,
+                  "outside_mask": 2, "other": 0},
+        "hidden_but_detectable": 1}))
     path = report.build_report(out, include_originals=True, out_path=str(tmp_path / "with.html"))
     dom, console = browse(Path(path).as_uri())
     assert console == []
     assert 'id="originals-banner"' in dom and "CONTAINS ORIGINALS" in dom
+    assert 'id="audit-hidden_but_detectable">1<' in dom and 'id="audit-inputs">7<' in dom
     page = Path(path).read_text()
     originals_b64 = re.findall(r'class="original" src="data:image/jpeg;base64,([^"]+)"', page)
     assert len(originals_b64) == len(originals)
