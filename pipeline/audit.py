@@ -42,7 +42,7 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable, Iterable
 
 from . import runoutput
 
@@ -443,7 +443,8 @@ def audit(output_url: str, storage_options: dict | None = None, threshold: float
         ok = ok[:limit]
     prefix = _common_dir(keys)
     rel = {i: runoutput.relative_key(keys[i], prefix) if prefix else keys[i] for i in ok}
-    detector = detector or CenterFace()
+    if ok and detector is None:
+        detector = CenterFace()
     say(f"audit: {len(ok):,} ok images of {len(status):,} rows (CenterFace, threshold {threshold}, scales "
         f"{'+'.join(f'{s:g}x' for s in SCALES)})")
 
@@ -600,7 +601,7 @@ def summary_text(result: dict) -> str:
         f"audit of {result['output']}: {im['audited']:,} images "
         f"(CenterFace, threshold {result['detector']['threshold']}, "
         f"scales {'+'.join(f'{s:g}x' for s in result['detector']['scales'])}; "
-        f"{result['ms_per_image']} ms per image for input + output)",
+        f"{'n/a' if result['ms_per_image'] is None else result['ms_per_image']} ms per image for input + output)",
         f"faces in the inputs:  {f['inputs']:,} ({f['inputs_outside_mask']:,} of them outside our masks)",
         f"faces in the outputs: {f['outputs']:,}",
         f"  hidden but still detectable (must be 0): {f['hidden_but_detectable']:,}",
