@@ -13,6 +13,7 @@ secret value is in the repository, and the CronJob launcher really waits for its
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 import re
@@ -293,8 +294,20 @@ def entrypoint_args(spec: dict) -> list[str]:
     return tokens[2:]
 
 
+def run_option_strings() -> set[str]:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {s for a in sub.choices["run"]._actions for s in a.option_strings}
+
+
 def parse_run(spec: dict, where: str):
     args = entrypoint_args(spec)
+    # argparse would accept an abbreviation (--batch for --batch-size) that a new flag can make
+    # ambiguous later: the manifests spell every flag out
+    spelled = {a.split("=", 1)[0] for a in args if a.startswith("--")}
+    unknown = spelled - run_option_strings()
+    if unknown:
+        pytest.fail(f"{where}: {sorted(unknown)} are not `fuzzy-people run` flags (spelled out)")
     try:
         return build_parser().parse_args(["run", *args])
     except SystemExit:
@@ -558,7 +571,9 @@ def test_entrypoint_is_a_valid_run_command(overlay):
         assert ns.secret_file, f"{where}: runs must use the anonymization secret from its Secret"
         head = spec["rayClusterSpec"]["headGroupSpec"]["template"]
         mounts = {m["name"]: m["mountPath"] for m in ray_container(head).get("volumeMounts", [])}
-        secret_volumes = {v["name"]: v["secret"]["secretName"] for v in head["spec"].get("volumes", []) if "secret" in v}
+        secret_volumes = {v["name"]: v["secret"] for v in head["spec"].get("volumes", []) if "secret" in v}
+        # readable by uid 1000 / fsGroup 100, by nobody else
+        assert all(v.get("defaultMode") == 0o440 for v in secret_volumes.values()), where
         assert any(ns.secret_file.startswith(mounts[name] + "/") for name in secret_volumes if name in mounts), (
             f"{where}: --secret-file {ns.secret_file} is not under a Secret mounted in the head container")
         ns.secret_file = None
@@ -604,8 +619,9 @@ def test_ray_is_told_exactly_what_each_pod_has(overlay):
             assert group["maxReplicas"] >= 1, f"{where}/{name}"
         for name, template in [("head", head["template"])] + [(n, g["template"]) for n, g in groups(spec).items()]:
             res = ray_container(template)["resources"]
-            for r in ("cpu", "memory"):
-                assert quantity(res["requests"][r]) == quantity(res["limits"][r]), (
+            assert {"cpu", "memory"} <= set(res["limits"]), f"{where}/{name}: CPU and memory limits"
+            for r in set(res["requests"]) | set(res["limits"]):
+                assert quantity(res["requests"].get(r, 0)) == quantity(res["limits"].get(r, 0)), (
                     f"{where}/{name}: {r} requests != limits (Ray would count resources the pod may not get)")
         for name, group in groups(spec).items():
             limits = ray_container(group["template"])["resources"]["limits"]
@@ -715,6 +731,8 @@ def test_secret_example_matches_what_the_manifests_reference():
     docs = {d["metadata"]["name"]: d for d in load_docs(K8S / "secret.example.yaml")}
     assert all(d["kind"] == "Secret" for d in docs.values())
     for d in docs.values():
+        validate_core(d)
+    for d in docs.values():
         for key, value in d["stringData"].items():
             assert value.startswith("REPLACE"), f"secret.example.yaml {d['metadata']['name']}.{key} holds a value"
     for overlay in OVERLAYS:
@@ -776,6 +794,7 @@ def test_cronjob_forbids_overlap_with_minimal_rbac(overlay):
     assert job["activeDeadlineSeconds"] > rayjob["spec"]["activeDeadlineSeconds"], (
         "the RayJob's own deadline must fire before the launcher's")
     pod = job["template"]["spec"]
+    assert pod["restartPolicy"] == "Never", "a launcher restarted in place would create a second RayJob"
     (container,) = pod["containers"]
     assert re.fullmatch(r"[^:@]+:[0-9][^:]*", container["image"]), f"pin the kubectl image: {container['image']}"
 
