@@ -5,7 +5,7 @@
 #
 # Every pod of a Ray cluster must run the same Ray and Python versions: RAY_VERSION is the
 # `ray` pin in pyproject.toml and the rayVersion in k8s/ (tests/k8s checks all three agree).
-# The default segmentation model is prepared at build time, so pods never download a model.
+# The default models are prepared at build time, so pods never download a model.
 ARG RAY_VERSION=2.60.0
 # cpu: onnxruntime (CPU provider). gpu: the CUDA base image plus onnxruntime-gpu.
 ARG VARIANT=cpu
@@ -18,8 +18,7 @@ ARG VARIANT
 
 ENV FUZZY_PEOPLE_CACHE=/opt/fuzzy-people/cache \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # /opt belongs to root in the base image; the app and the model cache belong to the image's
 # non-root user `ray` (uid 1000, gid 100), which every container in k8s/ runs as.
@@ -49,8 +48,8 @@ RUN set -eux; \
     python -c "import sys, onnxruntime as ort; p = ort.get_available_providers(); print('onnxruntime', ort.__version__, p); sys.exit(0 if '${VARIANT}' != 'gpu' or 'CUDAExecutionProvider' in p else 'onnxruntime has no CUDAExecutionProvider')"; \
     fuzzy-people run --help > /dev/null
 
-# Prepare the default model into $FUZZY_PEOPLE_CACHE (inside the image) and fail the build if
-# nothing landed there.
+# Prepare the default models (person segmentation, the person proposer, the audit's face
+# detector) into $FUZZY_PEOPLE_CACHE inside the image; fail the build if nothing landed there.
 RUN fuzzy-people models prepare \
  && test -n "$(ls -A "${FUZZY_PEOPLE_CACHE}")"
 

@@ -18,6 +18,7 @@ import copy
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -386,6 +387,10 @@ def test_dockerfile_installs_package_prepares_model_and_drops_root():
     assert prepare_at > env_at, "models must be prepared after FUZZY_PEOPLE_CACHE is set"
     assert prepare_at > next(i for i, (instr, rest) in enumerate(steps) if instr == "RUN" and "pip install" in rest)
 
+    for body in runs:  # docker runs each RUN with /bin/sh -c
+        check = subprocess.run(["sh", "-n", "-c", body], capture_output=True, text=True)
+        assert check.returncode == 0, f"RUN is not valid sh: {check.stderr}\n{body}"
+
     users = [rest for instr, rest in steps if instr == "USER"]
     assert users and users[-1] in ("ray", "1000", "1000:100"), "the image must end as the non-root user ray"
     copies = [rest for instr, rest in steps if instr == "COPY"]
@@ -494,6 +499,21 @@ def validate_ray_object(obj: dict, schemas: dict) -> None:
     for where, template in pod_templates(obj):
         validate_core({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": f"check-{where}"},
                        "template": template})
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_resolver_agrees_with_real_kustomize(overlay):
+    # `kubectl kustomize` renders offline; where it is installed, the subset above must give
+    # exactly what `kubectl apply -k` would send
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl (with its built-in kustomize) is not installed")
+    out = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    key = lambda o: (o["apiVersion"], o["kind"], o["metadata"].get("name"))  # noqa: E731
+    real = sorted((d for d in yaml.safe_load_all(out.stdout) if d), key=key)
+    assert real == sorted(render(overlay), key=key)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
