@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from pipeline.anonymize import AnonymizeParams, anonymize, keyed_rng, shuffle_pixels, warm_up  # noqa: E402
 
 H, W, COVER, REPEATS = 1080, 1920, 0.30, 21
+DEV = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "pennfudan-dev")
 
 
 def photo(rng: np.random.Generator) -> np.ndarray:
@@ -59,6 +60,24 @@ def median_ms(fn, repeats: int = REPEATS) -> float:
     return 1000 * float(np.median(times))
 
 
+def real_photo(params: AnonymizeParams, name: str = "FudanPed00001") -> None:
+    """A dev photo with its ground-truth people, scaled to 1920x1080 (when ../shared is there)."""
+    if not os.path.isdir(DEV):
+        print(f"real photo: skipped ({DEV} not found)")
+        return
+    image = np.asarray(Image.open(os.path.join(DEV, "images", f"{name}.png")).convert("RGB").resize((W, H)))
+    labels = np.asarray(Image.open(os.path.join(DEV, "masks", f"{name}_mask.png")).resize((W, H), Image.NEAREST))
+    labels = labels.astype(np.int32)
+    heights = [int(np.ptp(np.nonzero((labels == k).any(axis=1))[0])) + 1 for k in range(1, labels.max() + 1)]
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=90)
+    key = keyed_rng(b"bench-secret-0123456789", name)
+    decode = median_ms(lambda: np.asarray(Image.open(io.BytesIO(buf.getvalue()))))
+    full = median_ms(lambda: anonymize(image, labels, heights, params, key))
+    print(f"real photo {name} at {W}x{H} ({len(heights)} people, {(labels > 0).mean():.1%} of pixels): "
+          f"full anonymize at defaults {full:.2f} ms, decode {decode:.2f} ms")
+
+
 def main() -> None:
     cv2.setNumThreads(1)  # one core per worker: compare single-threaded work
     print(f"warm_up (numba cache load or compile, OpenCV import): {warm_up():.2f} s")
@@ -92,6 +111,7 @@ def main() -> None:
     print(f"blur, per person: {blur:.2f} ms")
     print(f"pixelate, per person: {pixelate:.2f} ms")
     print(f"PIL JPEG decode (q90): {decode:.2f} ms")
+    real_photo(default)
     print(f"ratio_full={full / decode:.2f}")
     print(f"ratio={per_person / decode:.2f}")
 

@@ -58,14 +58,19 @@ def shuffle(src, sel, radii, bits, wrap, out):
     o3 = out.reshape(h * w * 3)
     pend_src = np.empty(_AHEAD, np.int64)
     pend_dst = np.empty(_AHEAD, np.int64)
+    cols = np.empty(w, np.int64)
     i = 0
     for y in range(h):
-        row = y * w
+        # the row's selected columns, gathered without a branch: a dissolve band selects
+        # pixels at random, and a branch on each would mispredict half the time
+        n = 0
         for x in range(w):
-            v = sel[y, x]
-            if v == 0:
-                continue
-            r = radii[v]
+            cols[n] = x
+            n += sel[y, x] != 0
+        row = y * w
+        for c in range(n):
+            x = cols[c]
+            r = radii[sel[y, x]]
             b = bits[i]
             y0 = max(y - r, 0)
             sy = y0 + np.int64(((b >> _U32) * np.uint64(min(y + r, h - 1) - y0 + 1)) >> _U32)
@@ -176,9 +181,9 @@ def grow_person(labels, ring, k, y0, x0, s, dist, dilate, band, seed, wrap, grow
     coarse distance map ``dist`` (in cells). Pixels in ``ring`` (the exact dilation of all
     persons) are always claimed; other pixels are claimed when band > 0 and a per-pixel uniform
     draw u >= t, so the claim probability falls off linearly from 1 at the dilated edge to 0 at
-    ``band`` px beyond it. Among persons that claim
-    a pixel the lowest score wins (ties: the first processed); pixels of other persons are never
-    claimed. ``score`` is only meaningful where ``grown`` is nonzero and ``labels`` zero.
+    ``band`` px beyond it. Among persons that claim a pixel the lowest score wins (ties: the
+    first processed), so the result does not depend on the order of persons. ``score`` is only
+    meaningful where ``grown`` is nonzero and ``labels`` zero.
     """
     h, w = labels.shape
     gh, gw = dist.shape
@@ -199,7 +204,7 @@ def grow_person(labels, ring, k, y0, x0, s, dist, dilate, band, seed, wrap, grow
         if not any_cell:
             continue
         for y in range(y0 + gy * s, min(y0 + gy * s + s, h)):
-            x = x0 % w if wrap else x0  # the pixel column of crop column gx * s + jj
+            x = x0 % w if wrap else x0  # image column of the current crop column
             for gx in range(gw):
                 t = cell_t[gx]
                 if t == np.inf:

@@ -366,6 +366,15 @@ def test_bare_mask_works_through_components():
     assert sorted(res.radii) == [4, 8] and np.array_equal(res.mask, mask)
 
 
+def test_modes_and_params_line_up_with_the_run_config():
+    from pipeline.config import MODES as CLI_MODES, RunConfig
+
+    assert sorted(MODES) == sorted(CLI_MODES), "every --mode choice has exactly one implementation"
+    cfg = RunConfig(input="in/", output="out/", mode="pixelate", radius=0.3, dilate=5, dissolve=0.25)
+    p = AnonymizeParams.from_config(cfg)
+    assert (p.mode, p.radius, p.dilate, p.dissolve, p.fill_color) == ("pixelate", 0.3, 5, 0.25, cfg.fill_color)
+
+
 def test_no_people_changes_nothing():
     image = np.random.default_rng(9).integers(0, 256, (30, 30, 3), dtype=np.uint8)
     res = anonymize(image, np.zeros((30, 30), np.int32), [], AnonymizeParams(), rng())
@@ -398,6 +407,7 @@ def test_panorama_dilation_and_dissolve_cross_the_seam():
     (lambda: anonymize(np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 2, np.int32), [3], AnonymizeParams(), rng()), "labels"),
     (lambda: anonymize(np.zeros((4, 4, 3), np.uint8), np.full((4, 4), 2**40, np.int64), [3], AnonymizeParams(), rng()), "labels"),
     (lambda: anonymize(np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), np.int32), [-5], AnonymizeParams(), rng()), "heights"),
+    (lambda: anonymize(np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), np.int32), ["tall"], AnonymizeParams(), rng()), "heights"),
     (lambda: AnonymizeParams(radius=-0.1), "radius"),
     (lambda: AnonymizeParams(mode="smear"), "mode"),
     (lambda: AnonymizeParams(dilate=-1), "dilate"),
