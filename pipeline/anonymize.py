@@ -549,6 +549,7 @@ def warm_up() -> float:
     for mode in MODES:
         for wrap in (False, True):
             anonymize(image, labels, [4], AnonymizeParams(mode=mode), rng, wrap=wrap)
-    shuffle_pixels(image, labels > 0, 2, rng)
-    shuffle_pixels(image, labels > 0, np.full((8, 8), 2, np.int32), rng)
+    for radius in (2, np.full((8, 8), 2, np.int32)):  # a bare mask: uint8 and int32 selections
+        for mode in MODES:
+            apply_mode(mode, image, labels > 0, radius, rng)
     return time.perf_counter() - t0
