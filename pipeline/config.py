@@ -19,7 +19,8 @@ DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "tif", "tiff")
 DEFAULT_MODEL = "selfie"
 
 # Secret-bearing storage option names: never logged, never written to _stats.json / Parquet.
-SECRET_OPTION_WORDS = ("secret", "token", "password", "key_id", "access_key", "credential")
+SECRET_OPTION_WORDS = ("secret", "token", "password", "passwd", "key_id", "access_key", "credential", "auth")
+SECRET_OPTION_NAMES = ("key", "secret", "token", "password", "sas_token", "account_key", "private_key")
 
 
 class ConfigError(ValueError):
@@ -170,12 +171,17 @@ def redact(value: Any) -> Any:
     """Replace values of secret-looking keys (recursively) with '***'."""
     if isinstance(value, dict):
         return {
-            k: ("***" if any(w in str(k).lower() for w in SECRET_OPTION_WORDS) else redact(v))
+            k: ("***" if _secret_name(str(k)) else redact(v))
             for k, v in value.items()
         }
     if isinstance(value, (list, tuple)):
         return [redact(v) for v in value]
     return value
+
+
+def _secret_name(name: str) -> bool:
+    low = name.lower()
+    return low in SECRET_OPTION_NAMES or any(w in low for w in SECRET_OPTION_WORDS)
 
 
 def parse_storage_options(text: str | None) -> dict[str, Any]:
