@@ -54,10 +54,10 @@ class RunConfig:
     # anonymizing
     mode: str = "shuffle"
     radius_mode: str = "person"
-    radius: float = 0.15
+    radius: float = 0.20
     min_radius: int = 4
     dilate: int = 3
-    dissolve: float = 0.5
+    dissolve: float = 1.0
     fill_color: tuple[int, int, int] = (128, 128, 128)
     secret_file: str | None = None
     # output
