@@ -51,7 +51,8 @@ RUN set -eux; \
 # Prepare the default models (person segmentation, the person proposer, the audit's face
 # detector) into $FUZZY_PEOPLE_CACHE inside the image; fail the build if nothing landed there.
 RUN fuzzy-people models prepare \
- && test -n "$(ls -A "${FUZZY_PEOPLE_CACHE}")"
+ && test -n "$(ls -A "${FUZZY_PEOPLE_CACHE}")" \
+ && python -c "from pipeline.anonymize import warm_up; print('kernel compiled in', round(warm_up(), 2), 's')"
 
 LABEL org.opencontainers.image.title="fuzzy-people" \
       org.opencontainers.image.description="Hide every person in street imagery (Ray Data + onnxruntime)" \
