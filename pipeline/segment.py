@@ -351,6 +351,7 @@ class PersonFinder:
         results = []
         for i, (im, (work, pad)) in enumerate(zip(images, works)):
             prob, mask = _fold(fused[i], masks[i], im.shape[1], pad)
+            mask = drop_specks(mask, s.min_component_pixels)
             labels, people = instances(mask, wrap=panoramas[i])
             results.append(Found(prob=prob, mask=mask, labels=labels, people=people, panorama=panoramas[i]))
         t_post = time.perf_counter() - t5
@@ -466,6 +467,21 @@ def _component_boxes(mask: np.ndarray, min_pixels: int) -> list[tuple[int, int, 
             boxes.append((int(x), int(y), int(x + w), int(y + h)))
     boxes.sort(key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))  # small first: they gain most
     return boxes
+
+
+def drop_specks(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """Remove isolated components smaller than ``min_pixels`` (threshold noise at tile edges:
+    a few pixels cannot show a recognisable person, and they would count as people)."""
+    import cv2
+
+    if min_pixels <= 1 or not mask.any():
+        return mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_pixels)
+    small = small[small > 0]
+    if small.size == 0:
+        return mask
+    return mask & ~np.isin(labels, small)
 
 
 def _dedupe_boxes(boxes: Iterable[tuple[int, int, int, int]], iou: float = 0.7) -> list[tuple[int, int, int, int]]:

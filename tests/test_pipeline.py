@@ -243,3 +243,23 @@ def test_ray_job_submit(tmp_path, dev_dir):
     for r in rows:
         with Image.open(r["output_key"]) as im:
             assert im.format == "JPEG"
+
+
+def test_output_format_parquet_puts_jpegs_in_the_shards(tmp_path, dev_dir, ray_local):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name in DEV_NAMES[:2]:
+        shutil.copy(dev_dir / "images" / name, src / name)
+    (src / "broken.jpg").write_bytes(b"not a jpeg")
+    code = main(["run", "--input", str(src), "--output", str(out), "--recall", "fast",
+                 "--output-format", "parquet", "--max-error-rate", "0.5"])
+    assert code == 0
+    rows = {r["key"].rsplit("/", 1)[-1]: r for r in read_rows(str(out))}
+    assert set(rows) == set(DEV_NAMES[:2]) | {"broken.jpg"}
+    assert not list(out.glob("*.jpg")), "no JPEG objects with --output-format parquet"
+    assert rows["broken.jpg"]["status"] == "error" and rows["broken.jpg"]["image"] is None
+    for name in DEV_NAMES[:2]:
+        r = rows[name]
+        assert r["status"] == "ok" and r["output_key"] is None
+        with Image.open(io.BytesIO(r["image"])) as im:
+            assert im.format == "JPEG" and im.size == (r["width"], r["height"])
