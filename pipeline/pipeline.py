@@ -7,6 +7,7 @@ marks that row ``error`` and passes it on; every listed or manifest key ends as 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from . import metastore, storage
 from .config import RunConfig
@@ -116,7 +118,7 @@ class SegmentActor:
     """Holds one PersonFinder (one onnxruntime session) per actor; CUDA when given a GPU."""
 
     def __init__(self, model_ref, ssd_ref, settings: FinderSettings, use_gpu: bool, threads: int,
-                 fault: tuple[int, str] | None = None):
+                 fault: tuple[int | None, str | None, str | None] | None = None):
         import ray
 
         from .segment import PersonFinder
@@ -124,16 +126,21 @@ class SegmentActor:
         model = ray.get(model_ref) if isinstance(model_ref, ray.ObjectRef) else model_ref
         ssd = ray.get(ssd_ref) if isinstance(ssd_ref, ray.ObjectRef) else ssd_ref
         self.finder = PersonFinder(model, settings, use_gpu=use_gpu, threads=threads, ssd_bytes=ssd)
-        # test hook (FUZZY_PEOPLE_FAULT_AFTER=N, FUZZY_PEOPLE_FAULT_MARKER=path on the driver):
-        # the worker process exits once after N batches, as a crashed native library would
+        # test hooks, set on the driver: FUZZY_PEOPLE_FAULT_AFTER=N + FUZZY_PEOPLE_FAULT_MARKER=path
+        # make the worker process exit once after N batches, as a crashed native library would;
+        # FUZZY_PEOPLE_FAULT_KEY=text makes it exit on every batch holding a key with that text
         self.fault = fault
         self.batches = 0
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.batches += 1
-        if self.fault is not None and self.batches > self.fault[0] and not os.path.exists(self.fault[1]):
-            open(self.fault[1], "w").close()
-            os._exit(1)
+        if self.fault is not None:
+            after, marker, poison = self.fault
+            if poison and any(poison in k for k in batch.column("key").to_pylist()):
+                os._exit(1)  # a poison image: kills the worker every time
+            if after is not None and self.batches > after and marker and not os.path.exists(marker):
+                open(marker, "w").close()
+                os._exit(1)
         return segment_batch(batch, self.finder)
 
 
@@ -328,7 +335,8 @@ def build_dataset(cfg: RunConfig, table: pa.Table, model_ref, ssd_ref, secret, r
     lo, hi = segment_pool(cfg, resources.get("CPU", 1), resources.get("GPU", 0))
     use_gpu = cfg.num_gpus > 0
     fault_after, marker = os.environ.get("FUZZY_PEOPLE_FAULT_AFTER"), os.environ.get("FUZZY_PEOPLE_FAULT_MARKER")
-    fault = (int(fault_after), marker) if fault_after and marker else None
+    poison = os.environ.get("FUZZY_PEOPLE_FAULT_KEY")
+    fault = (int(fault_after) if fault_after else None, marker, poison) if (fault_after and marker) or poison else None
     ds = ds.map_batches(
         SegmentActor,
         fn_constructor_args=(model_ref, ssd_ref, settings, use_gpu, 1, fault),
@@ -337,8 +345,11 @@ def build_dataset(cfg: RunConfig, table: pa.Table, model_ref, ssd_ref, secret, r
         batch_size=int(cfg.batch_size),
         num_gpus=cfg.num_gpus if use_gpu else None,
         num_cpus=1,
-        # bounded on purpose: Ray Data's defaults (-1) would let a poison image crash-loop an actor
-        max_restarts=2,
+        # Deliberate: a task (one batch) is retried at most twice, so a poison image cannot
+        # crash-loop an actor forever (Ray Data's default is -1 for both); the actor itself may
+        # restart as often as needed so the pool survives; lost batches are then retried one
+        # image at a time by the driver, and only the poison image ends as an error row.
+        max_restarts=-1,
         max_task_retries=2,
     )
     anon = AnonymizeParams(mode=cfg.mode, radius_mode=cfg.radius_mode, radius=cfg.radius,
@@ -424,21 +435,26 @@ def run_job(cfg: RunConfig) -> int:
         staging = metastore.staging_path(out_root, run_id)
         counts = {"ok": 0, "error": 0, "skipped": skipped}
         if table.num_rows:
-            ds = build_dataset(cfg, table, ray.put(model.data), ray.put(ssd) if ssd else None, secret, run_id,
-                               model.name, model.sha256, settings)
+            model_ref, ssd_ref = ray.put(model.data), (ray.put(ssd) if ssd else None)
             ctx = ray.data.DataContext.get_current()
-            # a batch whose worker died for good must not fail the job: its keys are reconciled below
+            # a batch whose worker died for good must not fail the job: its keys are retried
+            # one image at a time, and what still fails becomes error rows (reconciled below)
             ctx.max_errored_blocks = max(1, table.num_rows)
-            ds.write_parquet(staging, filesystem=pyarrow_fs(out_fs),
-                             filename_provider=_shard_names(run_id))
-            written = metastore.staged_keys(out_fs, staging)
-            missing = [k for k in table.column("key").to_pylist() if k not in written]
+            ds = build_dataset(cfg, table, model_ref, ssd_ref, secret, run_id, model.name, model.sha256, settings)
+            ds.write_parquet(staging, filesystem=pyarrow_fs(out_fs), filename_provider=_shard_names(run_id))
+            missing = _missing_keys(out_fs, staging, table)
             if missing:
-                log(f"{len(missing):,} inputs produced no row (worker lost): recording them as errors")
+                log(f"{len(missing):,} inputs lost with their batch (a worker died): retrying them one image at a time")
+                lost = table.filter(pa.compute.is_in(table.column("key"), value_set=pa.array(missing, pa.string())))
+                retry = build_dataset(dataclasses.replace(cfg, batch_size=1), lost, model_ref, ssd_ref, secret,
+                                      run_id, model.name, model.sha256, settings)
+                retry.write_parquet(staging, filesystem=pyarrow_fs(out_fs), filename_provider=_shard_names(run_id))
+                missing = _missing_keys(out_fs, staging, table)
+            if missing:
+                log(f"{len(missing):,} inputs failed even alone: recording them as errors")
                 metastore.write_error_rows(out_fs, staging, run_id, missing, table,
-                                           "no result row: the batch holding this image failed for good "
-                                           "(worker crash, out of memory, or a failed metadata write; see "
-                                           "the job log); rerun to retry")
+                                           "no result: the worker processing this image died every time it "
+                                           "tried (a crash in native code or out of memory; see the job log)")
             metastore.commit(out_fs, out_root, staging, progress=log)
             c = metastore.run_counts(out_fs, out_root, run_id)
             counts["ok"], counts["error"] = c.get("ok", 0), c.get("error", 0)
@@ -464,6 +480,11 @@ def run_job(cfg: RunConfig) -> int:
         print(f"fuzzy-people: error share {error_rate:.3f} exceeds --max-error-rate {cfg.max_error_rate}", file=sys.stderr)
         return 3
     return 0
+
+
+def _missing_keys(fs, staging: str, table: pa.Table) -> list[str]:
+    written = metastore.staged_keys(fs, staging)
+    return [k for k in table.column("key").to_pylist() if k not in written]
 
 
 def _unchanged(item: storage.InputItem, done: dict[str, tuple[int | None, str | None]]) -> bool:

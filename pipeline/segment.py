@@ -46,6 +46,7 @@ class FinderSettings:
 
     tile_fractions: tuple[float, ...] = (1 / 2, 1 / 3)
     tile_overlap: float = 0.25
+    tile_margin: float = 0.0
     tile_threshold: float = 0.3
     crop_threshold: float = 0.5
     crop_scale: float = 1.25
@@ -61,6 +62,8 @@ class FinderSettings:
     hog_scale_step: float = 1.05
     # SSD person detector: whole image + corner tiles of this fraction of the side
     ssd_score: float = 0.5
+    # detector boxes the segmenter left mostly empty get an elliptical mask (0 = off)
+    box_fill_below: float = 0.0
     ssd_tile_fraction: float = 0.6
     max_views_per_call: int = 64
 
@@ -102,14 +105,20 @@ def is_panorama(width: int, height: int, xmp_projection: str | None = None) -> b
     return height > 0 and abs(width / height - 2.0) < 0.01 and width >= 1000
 
 
-def tile_boxes(w: int, h: int, fractions: Sequence[float], overlap: float) -> list[tuple[int, int, int, int]]:
-    """The whole image, then overlapping tiles for each fraction of the side."""
+def tile_boxes(w: int, h: int, fractions: Sequence[float], overlap: float,
+               margin: float = 0.0) -> list[tuple[int, int, int, int]]:
+    """The whole image, then overlapping tiles for each fraction of the side.
+
+    ``margin`` (a fraction of the tile) lets the tile grid reach past the image border (the
+    outside is black), so a person cut by the border sits inside a view, not on its edge.
+    """
     boxes = [(0, 0, w, h)]
     for f in fractions:
         tw, th = max(1, round(w * f)), max(1, round(h * f))
-        for y0 in _starts(h, th, overlap):
-            for x0 in _starts(w, tw, overlap):
-                boxes.append((x0, y0, x0 + tw, y0 + th))
+        mx, my = round(tw * margin), round(th * margin)
+        for y0 in _starts(h + 2 * my, th, overlap):
+            for x0 in _starts(w + 2 * mx, tw, overlap):
+                boxes.append((x0 - mx, y0 - my, x0 - mx + tw, y0 - my + th))
     return boxes
 
 
@@ -295,7 +304,7 @@ class PersonFinder:
         views, owners, boxes = [], [], []
         for i, (work, _) in enumerate(works):
             h, w = work.shape[:2]
-            for box in tile_boxes(w, h, s.tile_fractions, s.tile_overlap):
+            for box in tile_boxes(w, h, s.tile_fractions, s.tile_overlap, s.tile_margin):
                 views.append(self._view(work, box))
                 owners.append(i)
                 boxes.append(box)
@@ -312,6 +321,7 @@ class PersonFinder:
         # ---- proposals: components, SSD, HOG
         t3 = time.perf_counter()
         crop_boxes: list[list[tuple[int, int, int, int]]] = [[] for _ in range(n)]
+        detector_boxes: list[list] = [[] for _ in range(n)]
         if "components" in s.proposers:
             for i, m in enumerate(masks):
                 crop_boxes[i].extend(_component_boxes(m, s.min_component_pixels))
@@ -321,13 +331,16 @@ class PersonFinder:
             for i, (work, _) in enumerate(works):
                 given = None if proposals is None else proposals[i]
                 boxes_i = given if given is not None else self.hog.propose(work)
-                crop_boxes[i].extend(tuple(b) for b in np.asarray(boxes_i, np.float32).reshape(-1, 4).tolist())
+                hog_boxes = [tuple(b) for b in np.asarray(boxes_i, np.float32).reshape(-1, 4).tolist()]
+                crop_boxes[i].extend(hog_boxes)
+                detector_boxes[i].extend(hog_boxes)
             t_hog = time.perf_counter() - th
         t_ssd = 0.0
         if self.ssd is not None:
             ts = time.perf_counter()
             for i, b in enumerate(self._ssd_boxes([w for w, _ in works])):
                 crop_boxes[i].extend(b)
+                detector_boxes[i].extend(b)
             t_ssd = time.perf_counter() - ts
         # ---- crops: one batched call for all of them
         views, owners, boxes = [], [], []
@@ -344,10 +357,14 @@ class PersonFinder:
         t_model += time.perf_counter() - t4
         t5 = time.perf_counter()
         for p, i, box in zip(probs_c, owners, boxes):
-            crop_prob = np.zeros(fused[i].shape, np.float32)
-            _paste_max(crop_prob, p, box)
-            masks[i] |= crop_prob >= s.crop_threshold
-            np.maximum(fused[i], crop_prob, out=fused[i])
+            region = _box_prob(p, box, fused[i].shape)
+            if region is not None:
+                sl, up = region
+                masks[i][sl] |= up >= s.crop_threshold
+                np.maximum(fused[i][sl], up, out=fused[i][sl])
+        if s.box_fill_below > 0:
+            for i in range(n):
+                _fill_unsegmented_boxes(masks[i], detector_boxes[i], s.box_fill_below)
         results = []
         for i, (im, (work, pad)) in enumerate(zip(images, works)):
             prob, mask = _fold(fused[i], masks[i], im.shape[1], pad)
@@ -454,6 +471,38 @@ def _paste_max(target: np.ndarray, prob: np.ndarray, box: tuple[int, int, int, i
     up = cv2.resize(prob, (bw, bh), interpolation=cv2.INTER_LINEAR)
     region = target[sy0:sy1, sx0:sx1]
     np.maximum(region, up[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0], out=region)
+
+
+def _box_prob(prob: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int]):
+    """A view's probabilities resized back to its box, clipped to the image: (slices, array)."""
+    import cv2
+
+    h, w = shape
+    x0, y0, x1, y1 = box
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+    if sx1 <= sx0 or sy1 <= sy0:
+        return None
+    up = cv2.resize(prob, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    return (slice(sy0, sy1), slice(sx0, sx1)), up[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0]
+
+
+def _fill_unsegmented_boxes(mask: np.ndarray, boxes, below: float) -> None:
+    """Privacy fallback: where a detector is sure of a person but the segmenter masked under
+    ``below`` of its box (a dark coat on dark trees, a person behind a pram), mask the
+    ellipse inscribed in the box."""
+    import cv2
+
+    h, w = mask.shape
+    for b in boxes:
+        x0, y0, x1, y1 = (int(round(v)) for v in b[:4])
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if x1 - x0 < 2 or y1 - y0 < 2:
+            continue
+        if mask[y0:y1, x0:x1].mean() >= below:
+            continue
+        ell = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.ellipse(ell, ((x1 - x0) // 2, (y1 - y0) // 2), ((x1 - x0) // 2, (y1 - y0) // 2), 0, 0, 360, 1, -1)
+        mask[y0:y1, x0:x1] |= ell.astype(bool)
 
 
 def _component_boxes(mask: np.ndarray, min_pixels: int) -> list[tuple[int, int, int, int]]:

@@ -216,3 +216,19 @@ def test_credentials_never_leak(tmp_path, dev_dir, ray_local, s3_server, s3fs_cl
             assert secret.encode() not in blob, f"{secret} leaked"
     stats = json.loads(fs.cat_file("cred-bucket/out/_stats.json"))
     assert stats["config"]["storage_options"]["key"] == "***"
+
+
+def test_poison_image_becomes_one_error_row(tmp_path, dev_dir, ray_local, monkeypatch):
+    """An image that kills the worker every time (a native crash) ends as one error row; the
+    rest of its batch is retried image by image and succeeds."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    names = copy_dev(dev_dir, src, 4)
+    poison = names[1]
+    monkeypatch.setenv("FUZZY_PEOPLE_FAULT_KEY", poison)
+    code = main(["run", "--input", str(src), "--output", str(out), "--recall", "fast", "--batch-size", "4",
+                 "--segment-actors", "1", "--max-error-rate", "0.5"])
+    assert code == 0
+    rows = {Path(r["key"]).name: r for r in rows_of(out)}
+    assert sorted(rows) == sorted(names), "every input has exactly one row"
+    assert rows[poison]["status"] == "error" and "died" in rows[poison]["error_message"]
+    assert all(rows[n]["status"] == "ok" for n in names if n != poison)
