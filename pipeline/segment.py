@@ -33,10 +33,12 @@ import numpy as np
 
 from .models.fetch import ModelError
 
-PRESET_PROPOSERS = {
-    "fast": (),
-    "balanced": ("components", "ssd"),
-    "max": ("components", "ssd", "hog"),
+# What each preset changes from the FinderSettings defaults, which are the ``max`` preset
+# (figures and costs: README, model section).
+PRESET_SETTINGS: dict[str, dict] = {
+    "fast": {"proposers": ()},  # T: tiles only
+    "balanced": {"proposers": ("components", "ssd"), "ssd_tile_fractions": (0.6,)},  # T + C + S, GPU-friendly
+    "max": {},  # T + C + S + H
 }
 
 
@@ -50,7 +52,7 @@ class FinderSettings:
     tile_threshold: float = 0.3
     crop_threshold: float = 0.5
     crop_scale: float = 1.25
-    proposers: tuple[str, ...] = PRESET_PROPOSERS["max"]
+    proposers: tuple[str, ...] = ("components", "ssd", "hog")
     min_component_pixels: int = 12
     max_crops_per_image: int = 64
     # HOG: upscale small images (long side below hog_upscale_below) by hog_upscale; shrink
@@ -60,18 +62,18 @@ class FinderSettings:
     hog_max_side: int = 2000
     hog_hit_threshold: float = 0.0
     hog_scale_step: float = 1.05
-    # SSD person detector: whole image + corner tiles of this fraction of the side
+    # SSD person detector: whole image + overlapping tiles of these fractions of the side
     ssd_score: float = 0.5
     # detector boxes the segmenter left mostly empty get an elliptical mask (0 = off)
-    box_fill_below: float = 0.0
-    ssd_tile_fraction: float = 0.6
+    box_fill_below: float = 0.2
+    ssd_tile_fractions: tuple[float, ...] = (0.6, 0.35)
     max_views_per_call: int = 64
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "FinderSettings":
-        if name not in PRESET_PROPOSERS:
-            raise ValueError(f"recall preset must be one of {', '.join(PRESET_PROPOSERS)}, got {name!r}")
-        s = cls(proposers=PRESET_PROPOSERS[name])
+        if name not in PRESET_SETTINGS:
+            raise ValueError(f"recall preset must be one of {', '.join(PRESET_SETTINGS)}, got {name!r}")
+        s = cls(**PRESET_SETTINGS[name])
         return replace(s, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -402,8 +404,8 @@ class PersonFinder:
         views, owners, offsets = [], [], []
         for i, work in enumerate(works):
             h, w = work.shape[:2]
-            tw, th = round(w * s.ssd_tile_fraction), round(h * s.ssd_tile_fraction)
-            regions = [(0, 0, w, h), (0, 0, tw, th), (w - tw, 0, w, th), (0, h - th, tw, h), (w - tw, h - th, w, h)]
+            # the whole image, then grids of tiles (2x2 corner tiles at 0.6 of the side)
+            regions = [b for b in tile_boxes(w, h, s.ssd_tile_fractions, 0.25)]
             for (x0, y0, x1, y1) in regions:
                 views.append(work[y0:y1, x0:x1])
                 owners.append(i)
