@@ -41,10 +41,11 @@ EXIF_DROP = {
 IFD_EXIF, IFD_GPS = 0x8769, 0x8825
 MAX_EXIF_VALUE_BYTES = 4096  # a larger blob inside the Exif IFD may be an embedded preview
 
+# (older tools bind the same namespaces to the xap:/xapGImg: prefixes)
 _XMP_PREVIEWS = [
-    re.compile(rb"<xmp:Thumbnails\b.*?</xmp:Thumbnails>", re.S),
-    re.compile(rb"<xmpGImg:image>.*?</xmpGImg:image>", re.S),
-    re.compile(rb"\bxmpGImg:image=\"[^\"]*\"", re.S),
+    re.compile(rb"<(xmp|xap):Thumbnails\b.*?</\1:Thumbnails>", re.S),
+    re.compile(rb"<(xmpGImg|xapGImg):image>.*?</\1:image>", re.S),
+    re.compile(rb"\b(xmpGImg|xapGImg):image=\"[^\"]*\"", re.S),
     re.compile(rb"<(GCamera|GDepth|GImage):Data>.*?</\1:Data>", re.S),
     re.compile(rb"\b(GCamera|GDepth|GImage):Data=\"[^\"]*\"", re.S),
 ]

@@ -108,15 +108,21 @@ def is_panorama(width: int, height: int, xmp_projection: str | None = None) -> b
 
 
 def tile_boxes(w: int, h: int, fractions: Sequence[float], overlap: float,
-               margin: float = 0.0) -> list[tuple[int, int, int, int]]:
+               margin: float = 0.0, base_width: int | None = None) -> list[tuple[int, int, int, int]]:
     """The whole image, then overlapping tiles for each fraction of the side.
 
     ``margin`` (a fraction of the tile) lets the tile grid reach past the image border (the
     outside is black), so a person cut by the border sits inside a view, not on its edge.
+    ``base_width``: for a panorama extended across its seam (``w`` > the panorama's width),
+    views keep the panorama's proportions: two whole views (at 0 and across the seam) and tiles
+    sized from the panorama's own width, so nobody is squashed.
     """
-    boxes = [(0, 0, w, h)]
+    bw = base_width or w
+    boxes = [(0, 0, bw, h)]
+    if bw < w:
+        boxes.append((w - bw, 0, w, h))
     for f in fractions:
-        tw, th = max(1, round(w * f)), max(1, round(h * f))
+        tw, th = max(1, round(bw * f)), max(1, round(h * f))
         mx, my = round(tw * margin), round(th * margin)
         for y0 in _starts(h + 2 * my, th, overlap):
             for x0 in _starts(w + 2 * mx, tw, overlap):
@@ -194,7 +200,9 @@ class HogProposer:
         if len(rects) == 0:
             return np.zeros((0, 4), np.float32)
         r = np.asarray(rects, np.float32) / s
-        return np.stack([r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]], axis=1)
+        boxes = np.stack([r[:, 0], r[:, 1], r[:, 0] + r[:, 2], r[:, 1] + r[:, 3]], axis=1)
+        # OpenCV's threads return the boxes in varying order: sort, so results are reproducible
+        return boxes[np.lexsort(boxes.T[::-1])]
 
 
 # ------------------------------------------------------------------------------ model
@@ -217,6 +225,8 @@ class SegmentationModel:
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1 or len(outputs) < 1:
             raise ModelError(f"--model: expected 1 input and 1 output, got {len(inputs)} inputs, {len(outputs)} outputs")
+        if inputs[0].type != "tensor(float)":
+            raise ModelError(f"--model: input must be float32 NHWC [N, S, S, 3] RGB in [0, 1], got element type {inputs[0].type}")
         shape = inputs[0].shape
         if len(shape) != 4 or shape[3] != 3 or not isinstance(shape[1], int) or shape[1] != shape[2]:
             raise ModelError(
@@ -296,6 +306,8 @@ class PersonFinder:
         """
         n = len(images)
         panoramas = list(panoramas) if panoramas is not None else [False] * n
+        if len(panoramas) != n or (proposals is not None and len(proposals) != n):
+            raise ValueError(f"panoramas/proposals: expected one entry per image ({n})")
         for i, im in enumerate(images):
             if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
                 raise ValueError(f"images[{i}]: expected HxWx3 uint8 RGB, got {im.shape} {im.dtype}")
@@ -306,7 +318,8 @@ class PersonFinder:
         views, owners, boxes = [], [], []
         for i, (work, _) in enumerate(works):
             h, w = work.shape[:2]
-            for box in tile_boxes(w, h, s.tile_fractions, s.tile_overlap, s.tile_margin):
+            base = images[i].shape[1] if panoramas[i] else None
+            for box in tile_boxes(w, h, s.tile_fractions, s.tile_overlap, s.tile_margin, base):
                 views.append(self._view(work, box))
                 owners.append(i)
                 boxes.append(box)
@@ -340,7 +353,8 @@ class PersonFinder:
         t_ssd = 0.0
         if self.ssd is not None:
             ts = time.perf_counter()
-            for i, b in enumerate(self._ssd_boxes([w for w, _ in works])):
+            bases = [im.shape[1] if pano else None for im, pano in zip(images, panoramas)]
+            for i, b in enumerate(self._ssd_boxes([w for w, _ in works], bases)):
                 crop_boxes[i].extend(b)
                 detector_boxes[i].extend(b)
             t_ssd = time.perf_counter() - ts
@@ -399,13 +413,13 @@ class PersonFinder:
             out.extend(self.model(np.stack(views[k:k + step])))
         return out
 
-    def _ssd_boxes(self, works: list[np.ndarray]) -> list[list[tuple[float, float, float, float]]]:
+    def _ssd_boxes(self, works: list[np.ndarray], base_widths: list[int | None]) -> list[list[tuple[float, float, float, float]]]:
         s = self.settings
         views, owners, offsets = [], [], []
         for i, work in enumerate(works):
             h, w = work.shape[:2]
             # the whole image, then grids of tiles (2x2 corner tiles at 0.6 of the side)
-            regions = [b for b in tile_boxes(w, h, s.ssd_tile_fractions, 0.25)]
+            regions = tile_boxes(w, h, s.ssd_tile_fractions, 0.25, 0.0, base_widths[i])
             for (x0, y0, x1, y1) in regions:
                 views.append(work[y0:y1, x0:x1])
                 owners.append(i)

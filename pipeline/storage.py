@@ -35,8 +35,8 @@ def filesystem(url: str, options: dict[str, Any] | None = None):
         opts = {k: v for k, v in opts.items() if k in ("auto_mkdir",)}
     try:
         fs, path = fsspec.core.url_to_fs(url, **opts)
-    except (ImportError, ValueError) as exc:
-        raise StorageError(f"cannot open {redact_url(url)}: {exc}") from None
+    except (ImportError, ValueError, OSError) as exc:
+        raise StorageError(f"cannot open {redact_url(url)}: {type(exc).__name__}: {exc}") from None
     return fs, path
 
 
@@ -109,6 +109,8 @@ def list_inputs(input_url: str, options: dict[str, Any], extensions: tuple[str, 
     proto = split_protocol(input_url)[0]
     root = root.rstrip("/")
     try:
+        if not fs.exists(root):
+            raise FileNotFoundError(root)
         found = fs.find(root, detail=True)
     except FileNotFoundError:
         raise StorageError(f"--input {input_url}: no such prefix") from None
@@ -170,9 +172,12 @@ def read_manifest(manifest: str, column: str, options: dict[str, Any], input_url
         text = data.decode("utf-8")
         first = text.splitlines()[0] if text else ""
         header = [h.strip().strip('"') for h in first.split(",")]
+        header_like = bool(header) and all(h and "/" not in h and "." not in h for h in header)
         if column in header:
             table = pacsv.read_csv(pa.BufferReader(data), convert_options=pacsv.ConvertOptions(column_types={column: pa.string()}))
             keys = [str(k) for k in table.column(column).to_pylist() if k]
+        elif header_like:
+            raise StorageError(f"--manifest-column: {column!r} not in {manifest} (columns: {', '.join(header)})")
         else:  # S3 Inventory: no header, bucket then URL-encoded key
             table = pacsv.read_csv(pa.BufferReader(data), read_options=pacsv.ReadOptions(autogenerate_column_names=True),
                                    convert_options=pacsv.ConvertOptions(column_types={"f0": pa.string(), "f1": pa.string()}))
@@ -237,8 +242,11 @@ def output_rel(rel: str, taken: set[str] | None = None) -> str:
     name = stem + ".jpg" if ext.lower() in (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff") else parts[-1] + ".jpg"
     candidate = "/".join(parts[:-1] + [name])
     if taken is not None:
-        if candidate in taken:
-            candidate = "/".join(parts[:-1] + [parts[-1] + ".jpg"])
+        n = 1
+        while candidate in taken:  # x.png after x.jpg -> x.png.jpg, then x.png-2.jpg, ...
+            suffix = "" if n == 1 else f"-{n}"
+            candidate = "/".join(parts[:-1] + [parts[-1] + suffix + ".jpg"])
+            n += 1
         taken.add(candidate)
     return candidate
 

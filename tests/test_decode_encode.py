@@ -387,9 +387,6 @@ def test_xmp_previews_are_removed_and_other_tags_kept(inner, attrs, gone):
     assert decode_image(out, MAX_PIXELS).panorama
 
 
-@pytest.mark.xfail(strict=True, reason="encode._XMP_PREVIEWS matches the literal prefixes xmp:/xmpGImg: only; "
-                                       "XMP from Photoshop CS-era tools binds the same namespaces to xap:/xapGImg: "
-                                       "and its base64 thumbnail is kept")
 def test_xmp_previews_under_other_namespace_prefixes_are_removed():
     xmp = xmp_doc(thumbnails_element(ns="xap", img="xapGImg"))
     kept = clean_xmp(xmp)

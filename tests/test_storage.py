@@ -76,9 +76,6 @@ def test_output_rel_never_maps_two_sorted_keys_to_one_output(keys):
     assert len(set(outs)) == len(outs), list(zip(sorted(keys), outs))
 
 
-@pytest.mark.xfail(strict=True, reason="output_rel: the '<name>.jpg' fallback is not checked against taken; "
-                                       "manifest rows are not sorted, so ['x.png.png', 'x.jpg', 'x.png'] maps "
-                                       "x.png.png and x.png both to x.png.jpg (one output overwrites the other)")
 def test_output_rel_never_maps_two_manifest_keys_to_one_output():
     taken: set[str] = set()
     outs = [output_rel(k, taken) for k in ["x.png.png", "x.jpg", "x.png"]]  # manifest order
@@ -279,9 +276,6 @@ def test_list_inputs_etag_changes_when_a_file_changes(tmp_path):
     assert before.etag != after.etag
 
 
-@pytest.mark.xfail(strict=True, reason="fsspec's local find() returns {} for a missing directory, so "
-                                       "list_inputs' FileNotFoundError branch never runs: a mistyped local "
-                                       "--input lists 0 images instead of failing with 'no such prefix'")
 def test_list_inputs_missing_local_prefix_is_an_error(tmp_path):
     with pytest.raises(StorageError, match="no such prefix"):
         list_inputs(str(tmp_path / "typo"), {}, ("jpg",))
