@@ -67,7 +67,9 @@ class FinderSettings:
     # detector boxes the segmenter left mostly empty get an elliptical mask (0 = off)
     box_fill_below: float = 0.2
     ssd_tile_fractions: tuple[float, ...] = (0.6, 0.35)
-    max_views_per_call: int = 64
+    # views per onnxruntime call: on CPU batching gains nothing and a big batch grows the
+    # session's memory arena by gigabytes; GPUs want larger batches (see PersonFinder)
+    max_views_per_call: int = 16
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "FinderSettings":
@@ -271,6 +273,8 @@ class PersonFinder:
     def __init__(self, model_bytes: bytes, settings: FinderSettings | None = None, *,
                  use_gpu: bool = False, threads: int | None = 1, ssd_bytes: bytes | None = None):
         self.settings = settings or FinderSettings()
+        if use_gpu and self.settings.max_views_per_call == FinderSettings.max_views_per_call:
+            self.settings = replace(self.settings, max_views_per_call=64)
         providers = select_providers(use_gpu)
         self.model = SegmentationModel(model_bytes, providers, threads)
         self.hog = HogProposer(self.settings) if "hog" in self.settings.proposers else None
