@@ -429,7 +429,11 @@ class PersonFinder:
                 owners.append(i)
                 offsets.append((x0, y0))
         out: list[list[tuple[float, float, float, float]]] = [[] for _ in works]
-        for (boxes, scores), i, (ox, oy) in zip(self.ssd.detect(views, score_threshold=s.ssd_score), owners, offsets):
+        step = s.max_views_per_call
+        detections = []
+        for k in range(0, len(views), step):  # bounded batches: memory stays flat
+            detections.extend(self.ssd.detect(views[k:k + step], score_threshold=s.ssd_score))
+        for (boxes, scores), i, (ox, oy) in zip(detections, owners, offsets):
             for b in np.asarray(boxes).reshape(-1, 4):
                 out[i].append((b[0] + ox, b[1] + oy, b[2] + ox, b[3] + oy))
         return out
