@@ -59,7 +59,7 @@ class FinderSettings:
     # large ones so the long side is at most hog_max_side (never upscale a big photo).
     hog_upscale: float = 2.0
     hog_upscale_below: int = 1200
-    hog_max_side: int = 2000
+    hog_max_side: int = 1280
     hog_hit_threshold: float = 0.0
     hog_scale_step: float = 1.05
     # SSD person detector: whole image + overlapping tiles of these fractions of the side
