@@ -221,6 +221,7 @@ HELP = {
     "eval": "measure person finding against ground-truth masks",
     "report": "write a self-contained HTML report of a finished run",
     "audit": "privacy audit: an independent face detector over outputs and inputs",
+    "bench": "benchmark the pipeline against the codec and work bounds on this machine",
 }
 
 
@@ -231,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
     add_demo_arguments(sub.add_parser("demo", help=HELP["demo"]))
     add_models_arguments(sub.add_parser("models", help=HELP["models"]))
-    for name in ("eval", "report", "audit"):
+    for name in ("eval", "report", "audit", "bench"):
         add, runner = _module_command({"eval": "evaluate"}.get(name, name))
         add(sub.add_parser(name, help=HELP[name]))
         COMMANDS[name] = runner
