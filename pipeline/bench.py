@@ -381,12 +381,24 @@ class _ExecutionTime:
 
 
 class CpuMeter:
-    """CPU used on this machine by processes outside this process's tree, between start and now
-    (from /proc/stat and the tree's utime+stime+cutime+cstime): the shared machine's noise."""
+    """CPU used by this process's tree (Ray's processes included) and by everything else on the
+    machine, from start to :meth:`read`.
 
-    def __init__(self) -> None:
+    The tree's utime+stime is sampled per process every 0.25 s (a process's last sample counts
+    after it exits: Ray's raylet does not collect its workers' times, so ``cutime`` would lose
+    them); the rest of /proc/stat's busy time is other processes: the shared machine's noise.
+    """
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.base: dict[tuple[int, int], float] = {}
+        self.last: dict[tuple[int, int], float] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._sample(first=True)
         self.t0 = time.perf_counter()
-        self.sys0, self.own0 = self._system(), self._own()
+        self.sys0 = self._system()
+        self._thread = threading.Thread(target=self._loop, args=(interval,), daemon=True)
+        self._thread.start()
 
     @staticmethod
     def _system() -> float:
@@ -395,24 +407,36 @@ class CpuMeter:
         busy = v[0] + v[1] + v[2] + sum(v[5:8])  # user nice system irq softirq steal (guest is in user)
         return busy / CLK_TCK
 
-    @staticmethod
-    def _own() -> float:
-        total = 0
+    def _sample(self, first: bool = False) -> None:
         for pid in _tree(os.getpid()):
             try:
                 with open(f"/proc/{pid}/stat", "rb") as f:
                     stat = f.read()
                 fields = stat[stat.rindex(b")") + 2:].split()
-                total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-            except (OSError, ValueError):
+                key = (pid, int(fields[19]))  # starttime: a reused pid is another process
+                cpu = (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime, all threads
+            except (OSError, ValueError, IndexError):
                 continue
-        return total / CLK_TCK
+            with self._lock:
+                if first:
+                    self.base[key] = cpu
+                self.base.setdefault(key, 0.0)
+                self.last[key] = cpu
+
+    def _loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self._sample()
 
     def read(self) -> tuple[float, float]:
         """(share of the machine's CPU used by other processes, CPU seconds used by this tree)."""
+        self._sample()
         wall = time.perf_counter() - self.t0
-        own = self._own() - self.own0
-        foreign = (self._system() - self.sys0) - own
+        system = self._system() - self.sys0
+        self._stop.set()
+        self._thread.join(5)
+        with self._lock:
+            own = sum(self.last[k] - self.base[k] for k in self.last)
+        foreign = system - own
         share = min(1.0, max(0.0, foreign / (wall * (os.cpu_count() or 1)))) if wall > 0 else 0.0
         return share, own
 

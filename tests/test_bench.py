@@ -43,7 +43,10 @@ def test_bench_tiny_prints_every_figure_and_ends_with_ratio(s3):
     assert _float(lines, r"^codec bound: ([0-9.]+) images/s") > 0
     assert _float(lines, r"^\[fast\] work bound: ([0-9.]+) images/s") > 0
     assert _float(lines, r"^\[fast\] finder alone \(work bound\): ([0-9.]+) images/s") > 0
-    assert _float(lines, r"^\[fast\] pipeline: ([0-9.]+) images/s wall-clock") > 0
+    assert _float(lines, r"^\[fast\] pipeline wall-clock: ([0-9.]+) images/s") > 0
+    assert _float(lines, r"^\[fast\] pipeline dataset execution: ([0-9.]+) images/s") > 0
+    assert _float(lines, r"cpu_ratio=([0-9.]+)") > 0
+    assert _float(lines, r"^\[fast\] ratio=([0-9.]+) on the dataset execution") == float(m.group(1))
     assert _float(lines, r"^\[fast\] codec_ratio=([0-9.]+)") > 0
     busy = [line for line in lines if line.startswith("[fast] stage busy seconds")]
     assert busy and all(f" {s} " in busy[0] for s in ("decode", "segment", "anonymize", "encode"))
@@ -95,3 +98,15 @@ def test_main_parses_like_the_cli():
     bench.add_arguments(p)
     ns = p.parse_args([])
     assert ns.n >= 1 and ns.recall is None and ns.memory_sizes == [1000, 10000] and not ns.s3
+
+
+def test_cpu_meter_counts_a_child_that_has_exited():
+    from pipeline.bench import CpuMeter
+
+    meter = CpuMeter(interval=0.05)
+    # a child burning ~0.3 s of CPU, then exiting: its last sample still counts
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+                    "time.sleep(0.2)"], check=True, timeout=60)
+    share, own = meter.read()
+    assert 0.0 <= share <= 1.0
+    assert own >= 0.2, own
