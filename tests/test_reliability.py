@@ -115,6 +115,7 @@ def test_driver_killed_midway_then_rerun_finishes(tmp_path, dev_dir):
     rerun = subprocess.run(cmd[:-2] + ["--wait-for-lock"], env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert_one_ok_row_per_key(out, {str(src / n) for n in names})
+    print(f"resume: killed with {written_before} of {len(names)} JPEGs written; rerun: {stats_of(out)['counts']}")
     # every JPEG under a final name is whole
     for p in out.glob("*.jpg"):
         Image.open(p).load()
