@@ -260,16 +260,21 @@ def write_bytes(fs, path: str, data: bytes) -> None:
     from fsspec.implementations.local import LocalFileSystem
 
     if isinstance(fs, LocalFileSystem):
-        d, name = os.path.split(path)
-        os.makedirs(d or ".", exist_ok=True)
-        tmp = os.path.join(d, f".{name}.{uuid.uuid4().hex[:8]}.part")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, data)
     else:
         fs.pipe_file(path, data)
+
+
+def atomic_write(path: str | os.PathLike, data: bytes) -> None:
+    """Local file written under a hidden temporary name in its directory, then renamed."""
+    d, name = os.path.split(os.fspath(path))
+    os.makedirs(d or ".", exist_ok=True)
+    tmp = os.path.join(d, f".{name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -62,6 +62,7 @@ def build_output(root: Path, items: list[Item], *, output_format: str = "jpeg", 
     from PIL import Image
 
     from pipeline import rle
+    from pipeline.metastore import METADATA_SCHEMA
 
     in_dir, out_dir = root / "input", root / "output"
     (out_dir / "_metadata").mkdir(parents=True, exist_ok=True)
@@ -102,19 +103,9 @@ def build_output(root: Path, items: list[Item], *, output_format: str = "jpeg", 
                 mask_rle=rle.encode(mask), radii=[max(3, int(0.15 * (b[3] - b[1]))) for b in it.boxes],
             )
         rows.append(row)
-    schema = pa.schema([
-        ("key", pa.string()), ("output_key", pa.string()), ("status", pa.string()),
-        ("error_message", pa.string()), ("width", pa.int32()), ("height", pa.int32()),
-        ("person_pixels", pa.int64()), ("person_fraction", pa.float64()), ("num_people", pa.int32()),
-        ("boxes", pa.list_(pa.list_(pa.int32()))),
-        ("mask_rle", pa.struct([("size", pa.list_(pa.int32())), ("counts", pa.string())])),
-        ("model", pa.string()), ("model_sha256", pa.string()), ("mode", pa.string()),
-        ("radius", pa.string()), ("radii", pa.list_(pa.int32())), ("source_size", pa.int64()),
-        ("source_etag", pa.string()), ("metadata", pa.string()), ("panorama", pa.bool_()),
-        ("seconds_decode", pa.float64()), ("seconds_segment", pa.float64()),
-        ("seconds_anonymize", pa.float64()), ("seconds_encode", pa.float64()),
-        ("run_id", pa.string()), ("processed_at", pa.timestamp("us", tz="UTC")),
-    ] + ([("image", pa.binary())] if output_format == "parquet" else []))
+    schema = METADATA_SCHEMA
+    if output_format == "parquet":
+        schema = schema.append(pa.field("image", pa.binary()))
     if output_format != "parquet":
         for row in rows:
             row.pop("image")

@@ -17,6 +17,8 @@ import zipfile
 from pathlib import Path
 from typing import Callable
 
+from ..storage import atomic_write  # noqa: F401  (re-exported: models write through it)
+
 
 class ModelError(RuntimeError):
     """A model file could not be fetched, verified, converted or loaded."""
@@ -50,19 +52,6 @@ def check_sha256(data: bytes, expected: str | None, what: str) -> str:
     if expected and got != expected.lower():
         raise ModelError(f"{what}: sha256 mismatch: expected {expected.lower()}, got {got}")
     return got
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def download_wheel(package: str, version: str, dest: Path, progress: Callable[[str], None]) -> Path:
