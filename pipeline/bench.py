@@ -17,8 +17,11 @@ Throughput (``fuzzy-people bench --n N [--s3] [--recall PRESET ...]``):
   commit count, Ray's start-up does not) and by Ray Data's own execution time of that dataset
   (its "execution finished in X seconds" log record). The ratios use the execution time; the
   wall-clock ratio is printed beside it.
-* The share of the CPU used by other processes during each timed phase is printed (the machine
-  may be shared), with the ratio scaled as if both phases had had the same share.
+* CPU accounting (/proc, per process, sampled every 0.25 s so that Ray workers which exit still
+  count): the CPU seconds per image of the bound's processes and of the pipeline's whole process
+  tree (driver, gcs, raylet, agents, workers) give ``cpu_ratio`` (overhead only, insensitive to
+  other load on a shared machine), and the share of the machine's CPU used by other processes
+  during each timed phase is printed, so a wall-clock ratio taken under uneven load shows as such.
 
 The last line is ``ratio=<pipeline / work bound>`` at ``max`` (or at the first preset asked for
 when max is not among them); ``codec_ratio=`` lines give pipeline / codec bound per preset.
