@@ -95,6 +95,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="images in the untimed first run that starts Ray (default: min(N, 2 x batch size))")
     p.add_argument("--photos", default=None, help="folder of source photos (default: the dev photos, else the bundled samples)")
     p.add_argument("--keep", default=None, help="keep the images and outputs in this folder (default: a temp dir, removed)")
+    p.add_argument("--segment-actors", default=None,
+                   help="passed to the run (N or MIN:MAX; default: the run's own default, CPUs - 1 on CPU)")
     p.add_argument("--skip-bounds", action="store_true", help=argparse.SUPPRESS)
     g = p.add_argument_group("memory")
     g.add_argument("--memory", action="store_true", help="measure peak memory (driver + Ray session) at --memory-sizes 640x480 images")
@@ -310,11 +312,12 @@ def _read_run(out_url: str, opts: dict) -> tuple[dict, "object"]:
 
 
 def run_pipeline(input_url: str, out_url: str, preset: str, opts: dict, endpoint: str | None,
-                 limit: int | None = None) -> PipelineRun:
+                 limit: int | None = None, segment_actors: tuple[int, int] | None = None) -> PipelineRun:
     from .config import RunConfig
     from .pipeline import run_job
 
-    cfg = RunConfig(input=input_url, output=out_url, recall=preset, endpoint_url=endpoint, limit=limit, force=True)
+    cfg = RunConfig(input=input_url, output=out_url, recall=preset, endpoint_url=endpoint, limit=limit, force=True,
+                    segment_actors=segment_actors)
     old = os.environ.get(SECRET_ENV)
     os.environ[SECRET_ENV] = BENCH_SECRET
     catcher = _ExecutionTime()
@@ -491,6 +494,11 @@ def throughput_bench(ns: argparse.Namespace) -> int:
         raise SystemExit("bench: --n must be >= 1")
     run = _run_settings()
     warm_n = min(n, ns.warmup if ns.warmup else 2 * run["batch_size"])
+    actors = None
+    if ns.segment_actors:
+        from .cli import _actors
+
+        actors = _actors(ns.segment_actors)
     if ns.s3:
         # before Ray starts, so its workers inherit them (moto accepts any credentials)
         os.environ.update(FAKE_AWS)
@@ -513,7 +521,8 @@ def throughput_bench(ns: argparse.Namespace) -> int:
             input_url, out_prefix = "s3://bench-in/images/", "s3://bench-out/run"
         say(f"bench: {n} JPEGs 1920x1080 q90 (layouts {'/'.join(LAYOUTS)}; {min(n, UNIQUE_IMAGES)} distinct) "
             f"composed from {where}; input {'S3 (moto on 127.0.0.1, s3fs)' if ns.s3 else 'local dir'}; "
-            f"{cores} cores ({os.cpu_count()} on this machine)")
+            f"{cores} cores ({os.cpu_count()} on this machine)"
+            + (f"; the runs get --segment-actors {ns.segment_actors}" if actors else ""))
         from .models.registry import resolve_model
         from .segment import FinderSettings, load_ssd_bytes
 
@@ -538,8 +547,8 @@ def throughput_bench(ns: argparse.Namespace) -> int:
         ratios: dict[str, float] = {}
         for k, preset in enumerate(presets):
             # untimed first run: starts Ray (once) and warms the workers' imports and caches
-            warm = run_pipeline(input_url, f"{out_prefix}/warm-{preset}", preset, opts, endpoint, limit=warm_n)
-            timed = run_pipeline(input_url, f"{out_prefix}/{preset}", preset, opts, endpoint)
+            warm = run_pipeline(input_url, f"{out_prefix}/warm-{preset}", preset, opts, endpoint, warm_n, actors)
+            timed = run_pipeline(input_url, f"{out_prefix}/{preset}", preset, opts, endpoint, None, actors)
             if timed.code != 0 or timed.ok + timed.errors != n:
                 say(f"[{preset}] pipeline: exit {timed.code}, {timed.ok} ok, {timed.errors} errors of {n}")
                 return timed.code or 1
