@@ -94,7 +94,7 @@ def _read(fs, path: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(io.BytesIO(f.read()), columns=columns)
 
 
-def _write_table(fs, path: str, table: pa.Table) -> None:
+def write_table(fs, path: str, table: pa.Table) -> None:
     buf = io.BytesIO()
     pq.write_table(table, buf)
     storage.write_bytes(fs, path, buf.getvalue())
@@ -119,7 +119,7 @@ def write_error_rows(fs, staging: str, run_id: str, keys: list[str], base: pa.Ta
     rows["run_id"] = [run_id] * len(keys)
     rows["processed_at"] = [now] * len(keys)
     table = pa.Table.from_pydict(rows, schema=METADATA_SCHEMA)
-    _write_table(fs, f"{staging}/{shard_name(run_id, 999999, 0)}", table)
+    write_table(fs, f"{staging}/{shard_name(run_id, 999999, 0)}", table)
 
 
 def _move(fs, src: str, dst: str) -> None:
@@ -183,7 +183,7 @@ def compact(fs, root: str, progress: Progress = _quiet) -> int:
         if filtered.num_rows == 0:
             fs.rm(p)
         else:
-            _write_table(fs, p, filtered)
+            write_table(fs, p, filtered)
         rewritten += 1
     if rewritten:
         progress(f"compacted metadata: {rewritten} shard(s) rewritten to keep one row per key")

@@ -7,7 +7,6 @@ marks that row ``error`` and passes it on; every listed or manifest key ends as 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import socket
@@ -314,29 +313,46 @@ def segment_pool(cfg: RunConfig, cluster_cpus: float, cluster_gpus: float) -> tu
     return 1, max(1, int(cluster_cpus) - 1)
 
 
+def _fault_hook() -> tuple | None:
+    fault_after, marker = os.environ.get("FUZZY_PEOPLE_FAULT_AFTER"), os.environ.get("FUZZY_PEOPLE_FAULT_MARKER")
+    poison = os.environ.get("FUZZY_PEOPLE_FAULT_KEY")
+    if (fault_after and marker) or poison:
+        return int(fault_after) if fault_after else None, marker, poison
+    return None
+
+
+def _stage_params(cfg: RunConfig, settings: FinderSettings, secret, run_id: str, model_name: str,
+                  model_sha: str) -> tuple[DecodeParams, FinishParams]:
+    from .anonymize import AnonymizeParams
+
+    opts = cfg.fsspec_options()
+    decode = DecodeParams(opts, cfg.max_pixels, settings, "hog" in settings.proposers)
+    anon = AnonymizeParams(mode=cfg.mode, radius_mode=cfg.radius_mode, radius=cfg.radius,
+                           min_radius=cfg.min_radius, dilate=cfg.dilate, dissolve=cfg.dissolve,
+                           fill_color=tuple(cfg.fill_color))
+    finish = FinishParams(cfg.output, opts, anon, secret, cfg.jpeg_quality, cfg.metadata,
+                          cfg.output_format, model_name, model_sha, run_id)
+    return decode, finish
+
+
 def build_dataset(cfg: RunConfig, table: pa.Table, model_ref, ssd_ref, secret, run_id: str,
                   model_name: str, model_sha: str, settings: FinderSettings):
     import ray
     from ray.data import ActorPoolStrategy
 
-    from .anonymize import AnonymizeParams
-
-    opts = cfg.fsspec_options()
+    decode, finish = _stage_params(cfg, settings, secret, run_id, model_name, model_sha)
     rows_per_block = max(1, cfg.batch_size)
     blocks = [table.slice(k, rows_per_block) for k in range(0, table.num_rows, rows_per_block)] or [table]
     ds = ray.data.from_arrow(blocks)
     # Retry limits can only be set through **ray_remote_args in Ray 2.60 (deprecated for 2.64,
     # which offers no replacement yet); silence that warning for these calls only.
     warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated", category=Warning)
-    decode = DecodeParams(opts, cfg.max_pixels, settings, "hog" in settings.proposers)
     ds = ds.map_batches(read_decode_batch, fn_kwargs={"p": decode}, batch_format="pyarrow",
                         batch_size=cfg.batch_size, num_cpus=1, max_retries=2)
     resources = ray.cluster_resources()
     lo, hi = segment_pool(cfg, resources.get("CPU", 1), resources.get("GPU", 0))
     use_gpu = cfg.num_gpus > 0
-    fault_after, marker = os.environ.get("FUZZY_PEOPLE_FAULT_AFTER"), os.environ.get("FUZZY_PEOPLE_FAULT_MARKER")
-    poison = os.environ.get("FUZZY_PEOPLE_FAULT_KEY")
-    fault = (int(fault_after) if fault_after else None, marker, poison) if (fault_after and marker) or poison else None
+    fault = _fault_hook()
     ds = ds.map_batches(
         SegmentActor,
         fn_constructor_args=(model_ref, ssd_ref, settings, use_gpu, 1, fault),
@@ -345,21 +361,49 @@ def build_dataset(cfg: RunConfig, table: pa.Table, model_ref, ssd_ref, secret, r
         batch_size=int(cfg.batch_size),
         num_gpus=cfg.num_gpus if use_gpu else None,
         num_cpus=1,
-        # Deliberate: a task (one batch) is retried at most twice, so a poison image cannot
-        # crash-loop an actor forever (Ray Data's default is -1 for both); the actor itself may
-        # restart as often as needed so the pool survives; lost batches are then retried one
-        # image at a time by the driver, and only the poison image ends as an error row.
-        max_restarts=-1,
+        # Deliberate, both bounded: a batch is retried at most twice and an actor restarts at
+        # most 4 times, so a poison image cannot crash-loop an actor forever (Ray Data's default
+        # is -1 for both). Batches still lost are redone by the driver one image per task
+        # (process_alone), so only the poison image ends as an error row.
+        max_restarts=4,
         max_task_retries=2,
     )
-    anon = AnonymizeParams(mode=cfg.mode, radius_mode=cfg.radius_mode, radius=cfg.radius,
-                           min_radius=cfg.min_radius, dilate=cfg.dilate, dissolve=cfg.dissolve,
-                           fill_color=tuple(cfg.fill_color))
-    finish = FinishParams(cfg.output, opts, anon, secret, cfg.jpeg_quality, cfg.metadata,
-                          cfg.output_format, model_name, model_sha, run_id)
     ds = ds.map_batches(finish_batch, fn_kwargs={"p": finish}, batch_format="pyarrow",
                         batch_size=cfg.batch_size, num_cpus=1, max_retries=2)
     return ds
+
+
+def process_alone(row: pa.Table, model: bytes, ssd: bytes | None, settings: FinderSettings, use_gpu: bool,
+                  decode: DecodeParams, finish: FinishParams, fault: tuple | None) -> pa.Table:
+    """One image through every stage in one worker process (a plain Ray task): used for the
+    images of batches that were lost, so a crash takes only its own image down."""
+    from .segment import PersonFinder
+
+    if fault is not None and fault[2] and any(fault[2] in k for k in row.column("key").to_pylist()):
+        os._exit(1)  # test hook: the poison image kills this worker too
+    finder = PersonFinder(model, settings, use_gpu=use_gpu, threads=1, ssd_bytes=ssd)
+    return finish_batch(segment_batch(read_decode_batch(row, decode), finder), finish)
+
+
+def retry_alone(cfg: RunConfig, lost: pa.Table, model_ref, ssd_ref, settings: FinderSettings, secret,
+                run_id: str, model_name: str, model_sha: str) -> tuple[pa.Table | None, list[str]]:
+    """Process each lost image in its own task; return (rows produced, keys that failed)."""
+    import ray
+
+    decode, finish = _stage_params(cfg, settings, secret, run_id, model_name, model_sha)
+    use_gpu = cfg.num_gpus > 0
+    task = ray.remote(process_alone).options(num_cpus=1, num_gpus=cfg.num_gpus if use_gpu else 0, max_retries=1)
+    fault = _fault_hook()
+    refs = {task.remote(lost.slice(i, 1), model_ref, ssd_ref, settings, use_gpu, decode, finish, fault): key
+            for i, key in enumerate(lost.column("key").to_pylist())}
+    tables, failed = [], []
+    for ref, key in refs.items():
+        try:
+            tables.append(ray.get(ref))
+        except Exception as exc:  # the worker died (crash, OOM) on this image, twice
+            log(f"{key}: failed alone too ({type(exc).__name__})")
+            failed.append(key)
+    return (pa.concat_tables(tables) if tables else None), failed
 
 
 def _shard_names(run_id: str):
@@ -444,11 +488,12 @@ def run_job(cfg: RunConfig) -> int:
             ds.write_parquet(staging, filesystem=pyarrow_fs(out_fs), filename_provider=_shard_names(run_id))
             missing = _missing_keys(out_fs, staging, table)
             if missing:
-                log(f"{len(missing):,} inputs lost with their batch (a worker died): retrying them one image at a time")
+                log(f"{len(missing):,} inputs lost with their batch (a worker died): retrying them one image per task")
                 lost = table.filter(pa.compute.is_in(table.column("key"), value_set=pa.array(missing, pa.string())))
-                retry = build_dataset(dataclasses.replace(cfg, batch_size=1), lost, model_ref, ssd_ref, secret,
-                                      run_id, model.name, model.sha256, settings)
-                retry.write_parquet(staging, filesystem=pyarrow_fs(out_fs), filename_provider=_shard_names(run_id))
+                rows, _failed = retry_alone(cfg, lost, model_ref, ssd_ref, settings, secret, run_id,
+                                            model.name, model.sha256)
+                if rows is not None:
+                    metastore.write_table(out_fs, f"{staging}/{metastore.shard_name(run_id, 999998, 0)}", rows)
                 missing = _missing_keys(out_fs, staging, table)
             if missing:
                 log(f"{len(missing):,} inputs failed even alone: recording them as errors")
