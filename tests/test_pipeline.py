@@ -210,7 +210,12 @@ def test_ray_job_submit(tmp_path, dev_dir):
     # `ray stop` would also kill the test session's own local Ray)
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
                              "--port", str(port), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                             "--num-cpus", "2", "--include-dashboard", "true", "--disable-usage-stats"],
+                             "--num-cpus", "2", "--include-dashboard", "true", "--disable-usage-stats",
+                             # the session's own local Ray already holds the default agent ports
+                             "--dashboard-agent-listen-port", str(free_port()),
+                             "--dashboard-agent-grpc-port", str(free_port()),
+                             "--runtime-env-agent-port", str(free_port()),
+                             "--metrics-export-port", str(free_port())],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.time() + 120
