@@ -584,6 +584,10 @@ def throughput_bench(ns: argparse.Namespace) -> int:
                 say(f"[{preset}] ratio={ratios[preset]:.3f} on the {what}; ratio_wall={wall_rate / b.rate:.3f}; "
                     f"other processes used {b.foreign:.0%} of the CPU during the bound, {timed.foreign:.0%} during "
                     f"the pipeline")
+                if abs(b.foreign - timed.foreign) > 0.10:
+                    say(f"[{preset}] WARNING: other load differed between the bound and the pipeline "
+                        f"({b.foreign:.0%} vs {timed.foreign:.0%} of the CPU): this ratio is not a fair comparison; "
+                        f"rerun on a quieter machine (cpu_ratio is not affected)")
         if not ns.skip_bounds:
             say(f"ratio={ratios[main_preset]:.3f}")
         return 0
