@@ -41,17 +41,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .config import RADIUS_MODES
+from .config import RADIUS_MODES, RunConfig
 
 log = logging.getLogger(__name__)
 
 SECRET_ENV = "FUZZY_PEOPLE_SECRET"
 RANDOM_SOURCE = "random (this run only)"
-DEFAULT_RADIUS = 0.20  # f: fraction of each person's box height (see "Defaults" above)
-DEFAULT_DISSOLVE = 1.0  # outline dissolve band, a multiple of each person's radius
-DEFAULT_MIN_RADIUS = 4
-DEFAULT_DILATE = 3
-DEFAULT_FILL = (128, 128, 128)
+# The defaults live in RunConfig (one place, also what the CLI shows); chosen as "Defaults" above.
+_CFG = RunConfig.__dataclass_fields__
+DEFAULT_RADIUS = _CFG["radius"].default  # f: fraction of each person's box height
+DEFAULT_DISSOLVE = _CFG["dissolve"].default  # outline dissolve band, a multiple of each person's radius
+DEFAULT_MIN_RADIUS = _CFG["min_radius"].default
+DEFAULT_DILATE = _CFG["dilate"].default
+DEFAULT_FILL = _CFG["fill_color"].default
 _DILATE_BY_KERNEL_MAX = 8  # up to this radius a disk-kernel dilation beats a distance transform
 _CELLS_PER_BAND = 8  # resolution of the dissolve's distance map: cells across one band
 

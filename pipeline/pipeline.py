@@ -327,10 +327,7 @@ def _stage_params(cfg: RunConfig, settings: FinderSettings, secret, run_id: str,
 
     opts = cfg.fsspec_options()
     decode = DecodeParams(opts, cfg.max_pixels, settings, "hog" in settings.proposers)
-    anon = AnonymizeParams(mode=cfg.mode, radius_mode=cfg.radius_mode, radius=cfg.radius,
-                           min_radius=cfg.min_radius, dilate=cfg.dilate, dissolve=cfg.dissolve,
-                           fill_color=tuple(cfg.fill_color))
-    finish = FinishParams(cfg.output, opts, anon, secret, cfg.jpeg_quality, cfg.metadata,
+    finish = FinishParams(cfg.output, opts, AnonymizeParams.from_config(cfg), secret, cfg.jpeg_quality, cfg.metadata,
                           cfg.output_format, model_name, model_sha, run_id)
     return decode, finish
 

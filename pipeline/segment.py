@@ -484,17 +484,10 @@ def _fold(prob: np.ndarray, mask: np.ndarray, width: int, pad: int) -> tuple[np.
 
 def _paste_max(target: np.ndarray, prob: np.ndarray, box: tuple[int, int, int, int]) -> None:
     """Resize a view's probabilities back to its box and max them into ``target``."""
-    import cv2
-
-    h, w = target.shape
-    x0, y0, x1, y1 = box
-    bw, bh = x1 - x0, y1 - y0
-    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-    if sx1 <= sx0 or sy1 <= sy0:
-        return
-    up = cv2.resize(prob, (bw, bh), interpolation=cv2.INTER_LINEAR)
-    region = target[sy0:sy1, sx0:sx1]
-    np.maximum(region, up[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0], out=region)
+    region = _box_prob(prob, box, target.shape)
+    if region is not None:
+        sl, up = region
+        np.maximum(target[sl], up, out=target[sl])
 
 
 def _box_prob(prob: np.ndarray, box: tuple[int, int, int, int], shape: tuple[int, int]):
