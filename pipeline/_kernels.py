@@ -12,117 +12,182 @@ radius ``radii[v]``.
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
+from numba import njit
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 _U32 = np.uint64(32)
 _M32 = np.uint64(0xFFFFFFFF)
+_U1, _U2, _U3 = np.uint64(1), np.uint64(2), np.uint64(3)
+_ONES8 = np.uint64(0x0101010101010101)  # a label replicated over a word: label * _ONESn
+_ONES16 = np.uint64(0x0001000100010001)
+_ONES32 = np.uint64(0x0000000100000001)
+_LOG2 = np.array([0, 0, 1, 0, 2, 0, 0, 0, 3], np.int64)  # log2 of 1, 2, 4, 8 labels per word
 
 
-@intrinsic
-def _prefetch(typingctx, arr, idx):
-    """Hint the CPU to fetch arr[idx] into cache (llvm.prefetch: read, high locality)."""
-    sig = types.void(arr, idx)
-
-    def codegen(context, builder, signature, args):
-        aty = signature.args[0]
-        ary = context.make_array(aty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aty, ary, [args[1]], wraparound=False)
-        i8p = ir.IntType(8).as_pointer()
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
-        builder.call(fn, [builder.bitcast(ptr, i8p), ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-        return context.get_dummy_value()
-
-    return sig, codegen
+_G = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio, odd: p -> p * _G is a bijection
+_C1 = np.uint64(0xBF58476D1CE4E5B9)
+_C2 = np.uint64(0x94D049BB133111EB)
 
 
-_AHEAD = 128  # copies trail their prefetch by this many pixels (a power of two)
+@njit(inline="always")
+def _mix(z):
+    """The SplitMix64 finalizer: a bijection of uint64 that passes BigCrush on counters."""
+    z = (z ^ (z >> np.uint64(30))) * _C1
+    z = (z ^ (z >> np.uint64(27))) * _C2
+    return z ^ (z >> np.uint64(31))
+
+
+@njit(inline="always")
+def pixel_bits(k0, k1, p):
+    """The 64 random bits of pixel index p (y * W + x) under the key (k0, k1): two keyed
+    SplitMix64 rounds, mix(mix(p * G ^ k0) + k1). Counter-based, so pixels can be drawn in any
+    order (runs, vector lanes) and the result never depends on it."""
+    return _mix(_mix((p * _G) ^ k0) + k1)
+
+
+@njit(inline="always")
+def _next_selected(row, words, y, x, w, ppw):
+    """The first column in x..w-1 whose label is nonzero (w when none). With a word view
+    (``ppw`` labels per little-endian uint64, ``ppw`` > 0, rows a whole number of words) a
+    word at a time: the first nonzero label is the word's lowest set bit."""
+    if ppw == 0:
+        while x < w and row[np.uint64(x)] == 0:
+            x += 1
+        return x
+    lp = _LOG2[ppw]  # shifts, not divisions: an integer division costs tens of cycles
+    lb = 6 - lp  # log2 of the bits per label
+    while x < w:
+        j = x >> lp
+        word = words[y, np.uint64(j)] >> np.uint64((x & (ppw - 1)) << lb)  # labels from x on
+        if word != 0:
+            return x + (np.int64(trailing_zeros(word)) >> lb)
+        x = (j + 1) << lp
+    return w
+
+
+@njit(inline="always")
+def _run_end(row, words, y, x, w, ppw, v):
+    """The first column after x whose label differs from v = row[x] (w when none); with a
+    word view, the lowest set bit of (word XOR v replicated) is the first other label."""
+    x += 1
+    if ppw == 0:
+        while x < w and row[np.uint64(x)] == v:
+            x += 1
+        return x
+    lp = _LOG2[ppw]
+    lb = 6 - lp
+    if ppw == 8:
+        rep = (np.uint64(v) & np.uint64(0xFF)) * _ONES8
+    elif ppw == 4:
+        rep = (np.uint64(v) & np.uint64(0xFFFF)) * _ONES16
+    else:
+        rep = (np.uint64(v) & _M32) * _ONES32
+    while x < w:
+        j = x >> lp
+        diff = (words[y, np.uint64(j)] ^ rep) >> np.uint64((x & (ppw - 1)) << lb)
+        if diff != 0:
+            return x + (np.int64(trailing_zeros(diff)) >> lb)
+        x = (j + 1) << lp
+    return w
 
 
 @njit(cache=True, nogil=True)
-def shuffle(src, sel, radii, bits, wrap, out):
+def shuffle(src, sel, words, ppw, radii, k0, k1, wrap, out):
     """out[p] = src[q] for every selected p, q uniform in p's window (clipped, or wrapped in x).
 
-    ``bits`` holds one uint64 per selected pixel, consumed in row-major order: the high 32 bits
-    pick the row, the low 32 bits the column (multiply-shift, bias below span / 2**32).
-    ``src`` and ``out`` are C-contiguous HxWx3 uint8 and distinct. The source reads are random
-    within windows up to hundreds of rows tall, so each is prefetched and copied _AHEAD pixels
-    later: the loads overlap instead of waiting on memory one by one.
+    Pixel p = (y, x) uses the 64 bits ``pixel_bits(k0, k1, y * W + x)``: the high 32 pick the
+    row, the low 32 the column (multiply-shift, bias below span / 2**32). ``src`` and ``out``
+    are C-contiguous HxWx3 uint8 and distinct; ``words`` is ``sel`` viewed as uint64 (``ppw``
+    labels per word, 8 // itemsize) or an empty (H, 0) array with ppw = 0. Works run by run
+    (equal labels, so one radius): the run's source offsets first (a loop the compiler
+    vectorises), then the copies. Offsets are unsigned so that no negative-index fix-up
+    chains the copies together: their loads are independent and overlap, which is what keeps
+    large windows (reads spread over hundreds of rows) from waiting on memory one by one.
+    Returns the number of pixels changed.
     """
     h, w = sel.shape
     s3 = src.reshape(h * w * 3)
     o3 = out.reshape(h * w * 3)
-    pend_src = np.empty(_AHEAD, np.int64)
-    pend_dst = np.empty(_AHEAD, np.int64)
-    cols = np.empty(w, np.int64)
-    i = 0
+    buf = np.empty(w, np.int64)
+    uw = np.uint64(w)
+    done = 0
     for y in range(h):
-        # the row's selected columns, gathered without a branch: a dissolve band selects
-        # pixels at random, and a branch on each would mispredict half the time
-        n = 0
-        for x in range(w):
-            cols[n] = x
-            n += sel[y, x] != 0
-        row = y * w
-        for c in range(n):
-            x = cols[c]
-            r = radii[sel[y, x]]
-            b = bits[i]
-            y0 = max(y - r, 0)
-            sy = y0 + np.int64(((b >> _U32) * np.uint64(min(y + r, h - 1) - y0 + 1)) >> _U32)
-            lo = b & _M32
-            if wrap:
+        row = sel[y]
+        x = _next_selected(row, words, y, 0, w, ppw)
+        while x < w:
+            v = row[np.uint64(x)]
+            xe = _run_end(row, words, y, x, w, ppw, v)
+            r = radii[v]
+            if r > 0:
+                y0 = max(y - r, 0)
+                spy = np.uint64(min(y + r, h - 1) - y0 + 1)
+                p = np.uint64(y * w)
                 span = 2 * r + 1
-                if span >= w:
-                    sx = np.int64((lo * np.uint64(w)) >> _U32)
+                if wrap and span >= w:  # the window is the whole row
+                    for i in range(xe - x):
+                        z = pixel_bits(k0, k1, p + np.uint64(x + i))
+                        sy = y0 + np.int64(((z >> _U32) * spy) >> _U32)
+                        buf[i] = (sy * w + np.int64(((z & _M32) * uw) >> _U32)) * 3
+                elif wrap:
+                    for i in range(xe - x):
+                        z = pixel_bits(k0, k1, p + np.uint64(x + i))
+                        sy = y0 + np.int64(((z >> _U32) * spy) >> _U32)
+                        t = x + i - r + np.int64(((z & _M32) * np.uint64(span)) >> _U32)
+                        t = t + w if t < 0 else t
+                        t = t - w if t >= w else t
+                        buf[i] = (sy * w + t) * 3
                 else:
-                    sx = (x - r + np.int64((lo * np.uint64(span)) >> _U32)) % w
-            else:
-                x0 = max(x - r, 0)
-                sx = x0 + np.int64((lo * np.uint64(min(x + r, w - 1) - x0 + 1)) >> _U32)
-            si = (sy * w + sx) * 3
-            _prefetch(s3, si)
-            slot = i & (_AHEAD - 1)
-            if i >= _AHEAD:
-                ps, pd = pend_src[slot], pend_dst[slot]
-                o3[pd] = s3[ps]
-                o3[pd + 1] = s3[ps + 1]
-                o3[pd + 2] = s3[ps + 2]
-            pend_src[slot] = si
-            pend_dst[slot] = (row + x) * 3
-            i += 1
-    for j in range(max(0, i - _AHEAD), i):
-        slot = j & (_AHEAD - 1)
-        ps, pd = pend_src[slot], pend_dst[slot]
-        o3[pd] = s3[ps]
-        o3[pd + 1] = s3[ps + 1]
-        o3[pd + 2] = s3[ps + 2]
-    return i
+                    for i in range(xe - x):
+                        xx = x + i
+                        z = pixel_bits(k0, k1, p + np.uint64(xx))
+                        sy = y0 + np.int64(((z >> _U32) * spy) >> _U32)
+                        x0 = max(xx - r, 0)
+                        spx = np.uint64(min(xx + r, w - 1) - x0 + 1)
+                        buf[i] = (sy * w + x0 + np.int64(((z & _M32) * spx) >> _U32)) * 3
+                d = np.uint64((y * w + x) * 3)  # unsigned offsets: no negative-index fix-ups
+                for i in range(xe - x):
+                    si = np.uint64(buf[i])
+                    o3[d] = s3[si]
+                    o3[d + _U1] = s3[si + _U1]
+                    o3[d + _U2] = s3[si + _U2]
+                    d += _U3
+                done += xe - x
+            x = _next_selected(row, words, y, xe, w, ppw)
+    return done
 
 
 @njit(cache=True, nogil=True)
-def label_boxes(sel, n):
+def narrow(labels, out):
+    """out[:] = labels (any integer dtypes, same size, both C-contiguous); returns the (min, max)
+    of labels (0, 0 when empty), so that a caller can reject values out of range. One pass."""
+    src = labels.reshape(labels.size)
+    dst = out.reshape(out.size)
+    lo = np.int64(0)
+    hi = np.int64(0)
+    for i in range(src.size):
+        v = np.int64(src[i])
+        dst[i] = v
+        lo = min(lo, v)
+        hi = max(hi, v)
+    return lo, hi
+
+
+@njit(cache=True, nogil=True)
+def label_boxes(sel, words, ppw, n):
     """Bounding boxes of labels 1..n: rows (n+1, 4) = y0, y1, x0, x1 inclusive, -1 when absent.
 
-    Returns (boxes, bad): bad is the first value found outside 0..n (0 when there is none).
+    ``words``/``ppw``: ``sel`` viewed as uint64 words, as in :func:`shuffle`. Returns
+    (boxes, bad): bad is the first value found outside 0..n (0 when there is none).
     """
     h, w = sel.shape
     boxes = np.full((n + 1, 4), -1, np.int64)
     bad = 0
     for y in range(h):
-        x = 0
+        row = sel[y]
+        x = _next_selected(row, words, y, 0, w, ppw)
         while x < w:
-            v = np.int64(sel[y, x])
-            if v == 0:
-                x += 1
-                continue
-            xe = x + 1  # one update per run of equal labels
-            while xe < w and sel[y, xe] == v:
-                xe += 1
+            v = np.int64(row[np.uint64(x)])
+            xe = _run_end(row, words, y, x, w, ppw, row[np.uint64(x)])  # one update per run
             if v < 0 or v > n:
                 if bad == 0:
                     bad = v
@@ -132,7 +197,7 @@ def label_boxes(sel, n):
                 boxes[v, 1] = y
                 boxes[v, 2] = min(boxes[v, 2], x)
                 boxes[v, 3] = max(boxes[v, 3], xe - 1)
-            x = xe
+            x = _next_selected(row, words, y, xe, w, ppw)
     return boxes, bad
 
 

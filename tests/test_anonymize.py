@@ -90,14 +90,30 @@ def test_shuffle_takes_original_pixels_from_inside_each_window(c, seed):
     assert (out[..., 2] == 7).all()
 
 
-def reference_shuffle(image, mask, radius, bits, wrap):
-    """The documented draw: one uint64 per masked pixel in row-major order; high 32 bits pick the
-    row of the clipped window, low 32 bits the column (clipped, or wrapped modulo W)."""
+M64 = (1 << 64) - 1
+
+
+def splitmix_finalizer(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def reference_bits(k0: int, k1: int, p: int) -> int:
+    """The documented draw of pixel index p = y * W + x under the key (k0, k1)."""
+    return splitmix_finalizer((splitmix_finalizer(((p * 0x9E3779B97F4A7C15) & M64) ^ k0) + k1) & M64)
+
+
+def reference_shuffle(image, mask, radius, key, wrap):
+    """The documented draw, in plain Python integers: the key is two uint64 from the generator;
+    pixel (y, x) takes 64 bits from the keyed hash of y * W + x; high 32 bits pick the row of
+    the clipped window, low 32 bits the column (clipped, or wrapped modulo W)."""
     h, w = mask.shape
+    k0, k1 = (int(v) for v in key)
     out = image.copy()
     r_map = radius_at(radius, h, w)
-    for i, (y, x) in enumerate(zip(*np.nonzero(mask))):
-        r, b = int(r_map[y, x]), int(bits[i])
+    for y, x in zip(*np.nonzero(mask)):
+        r, b = int(r_map[y, x]), reference_bits(k0, k1, int(y) * w + int(x))
         y0, y1 = max(y - r, 0), min(y + r, h - 1)
         sy = y0 + (((b >> 32) * (y1 - y0 + 1)) >> 32)
         lo = b & 0xFFFFFFFF
@@ -116,8 +132,8 @@ def reference_shuffle(image, mask, radius, bits, wrap):
 def test_shuffle_matches_the_documented_draw_from_the_original_image(c, seed):
     h, w, mask, radius, wrap = c
     image = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-    bits = rng(seed).bit_generator.random_raw(int(mask.sum()))
-    expected = reference_shuffle(image, mask, radius, bits, wrap)
+    key = rng(seed).bit_generator.random_raw(2) if mask.any() else (0, 0)
+    expected = reference_shuffle(image, mask, radius, key, wrap)
     assert np.array_equal(shuffle_pixels(image, mask, radius, rng(seed), wrap=wrap), expected)
 
 
