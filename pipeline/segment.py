@@ -52,6 +52,13 @@ class FinderSettings:
     tile_threshold: float = 0.3
     crop_threshold: float = 0.5
     crop_scale: float = 1.25
+    # a crop is never smaller than this (px): a far-away person's T component is often a few
+    # pixels of head or coat, and the model needs the person around it to segment anything
+    crop_min_side: int = 0
+    # a crop lying this much inside an already chosen crop of at most crop_merge_zoom times
+    # its side is dropped: the chosen one shows the same person at a similar zoom (1 = off)
+    crop_merge_inside: float = 1.0
+    crop_merge_zoom: float = 1.5
     proposers: tuple[str, ...] = ("components", "ssd", "hog")
     min_component_pixels: int = 12
     max_crops_per_image: int = 64
@@ -140,11 +147,12 @@ def _starts(total: int, size: int, overlap: float) -> list[int]:
     return [round(i * (total - size) / (n - 1)) for i in range(n)]
 
 
-def square_box(box: Sequence[float], scale: float) -> tuple[int, int, int, int]:
-    """Box squared around its centre and enlarged by ``scale`` (may leave the image)."""
+def square_box(box: Sequence[float], scale: float, min_side: float = 1) -> tuple[int, int, int, int]:
+    """Box squared around its centre, enlarged by ``scale``, at least ``min_side`` px (may
+    leave the image)."""
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    side = max(x1 - x0, y1 - y0, 1) * scale
+    side = max(max(x1 - x0, y1 - y0, 1) * scale, min_side, 1)
     half = side / 2
     return (int(math.floor(cx - half)), int(math.floor(cy - half)),
             int(math.ceil(cx + half)), int(math.ceil(cy + half)))
@@ -332,9 +340,13 @@ class PersonFinder:
         probs_t = self._run(views)
         t_model = time.perf_counter() - t1
         t2 = time.perf_counter()
-        fused = [np.zeros(work.shape[:2], np.float32) for work, _ in works]
+        # fuse T at the resolution of its finest view (no detail is lost: every fused pixel
+        # gets at least one model pixel), then one bilinear resize to the full image
+        scales = [_fuse_scale([b for b, o in zip(boxes, owners) if o == i], self.model.size) for i in range(n)]
+        small = [np.zeros(_scaled_shape(work.shape[:2], sc), np.float32) for (work, _), sc in zip(works, scales)]
         for p, i, box in zip(probs_t, owners, boxes):
-            _paste_max(fused[i], p, box)
+            _paste_max(small[i], p, _scaled_box(box, scales[i]))
+        fused = [_upsample(sm, work.shape[:2]) for sm, (work, _) in zip(small, works)]
         masks = [f >= s.tile_threshold for f in fused]
         t_fuse = time.perf_counter() - t2
         # ---- proposals: components, SSD, HOG
@@ -365,8 +377,8 @@ class PersonFinder:
         # ---- crops: one batched call for all of them
         views, owners, boxes = [], [], []
         for i, (work, _) in enumerate(works):
-            sq = [square_box(b, s.crop_scale) for b in crop_boxes[i]]
-            sq = _dedupe_boxes(sq)[: s.max_crops_per_image]
+            sq = [square_box(b, s.crop_scale, s.crop_min_side) for b in crop_boxes[i]]
+            sq = _dedupe_boxes(sq, inside=s.crop_merge_inside, zoom=s.crop_merge_zoom)[: s.max_crops_per_image]
             for box in sq:
                 views.append(self._view(work, box))
                 owners.append(i)
@@ -388,8 +400,8 @@ class PersonFinder:
         results = []
         for i, (im, (work, pad)) in enumerate(zip(images, works)):
             prob, mask = _fold(fused[i], masks[i], im.shape[1], pad)
-            mask = drop_specks(mask, s.min_component_pixels)
-            labels, people = instances(mask, wrap=panoramas[i])
+            labels, people = instances(mask, wrap=panoramas[i], min_pixels=s.min_component_pixels)
+            mask = labels > 0  # without the specks
             results.append(Found(prob=prob, mask=mask, labels=labels, people=people, panorama=panoramas[i]))
         t_post = time.perf_counter() - t5
         timing = {
@@ -482,6 +494,33 @@ def _fold(prob: np.ndarray, mask: np.ndarray, width: int, pad: int) -> tuple[np.
     return p, m
 
 
+def _fuse_scale(boxes: Sequence[tuple[int, int, int, int]], model_size: int) -> float:
+    """The scale at which the finest of these views still maps one model pixel or more onto
+    each pixel (1 when the views are already that small)."""
+    finest = min(min(x1 - x0, y1 - y0) for x0, y0, x1, y1 in boxes)
+    return min(1.0, model_size / max(finest, 1))
+
+
+def _scaled_shape(shape: tuple[int, int], scale: float) -> tuple[int, int]:
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
+def _scaled_box(box: tuple[int, int, int, int], scale: float) -> tuple[int, int, int, int]:
+    if scale == 1.0:
+        return box
+    x0, y0, x1, y1 = box
+    sx0, sy0 = round(x0 * scale), round(y0 * scale)
+    return sx0, sy0, max(sx0 + 1, round(x1 * scale)), max(sy0 + 1, round(y1 * scale))
+
+
+def _upsample(prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    import cv2
+
+    if prob.shape == tuple(shape):
+        return prob
+    return cv2.resize(prob, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
 def _paste_max(target: np.ndarray, prob: np.ndarray, box: tuple[int, int, int, int]) -> None:
     """Resize a view's probabilities back to its box and max them into ``target``."""
     region = _box_prob(prob, box, target.shape)
@@ -542,20 +581,35 @@ def drop_specks(mask: np.ndarray, min_pixels: int) -> np.ndarray:
 
     if min_pixels <= 1 or not mask.any():
         return mask
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    small = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_pixels)
-    small = small[small > 0]
-    if small.size == 0:
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8) if mask.dtype == np.bool_
+                                                           else mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    small = stats[:, cv2.CC_STAT_AREA] < min_pixels
+    small[0] = False
+    if not small.any():
         return mask
-    return mask & ~np.isin(labels, small)
+    return mask & ~small[labels]
 
 
-def _dedupe_boxes(boxes: Iterable[tuple[int, int, int, int]], iou: float = 0.7) -> list[tuple[int, int, int, int]]:
+def _dedupe_boxes(boxes: Iterable[tuple[int, int, int, int]], iou: float = 0.7, inside: float = 1.0,
+                  zoom: float = 1.5) -> list[tuple[int, int, int, int]]:
+    """Boxes in order, without those that overlap a kept one by IoU >= ``iou`` or lie at least
+    ``inside`` within a kept box at most ``zoom`` times their side (``inside`` 1: off)."""
     kept: list[tuple[int, int, int, int]] = []
     for b in boxes:
-        if all(_iou(b, k) < iou for k in kept):
+        side = max(b[2] - b[0], b[3] - b[1], 1)
+        if all(_iou(b, k) < iou and not (inside < 1.0 and _inside(b, k) >= inside
+                                          and max(k[2] - k[0], k[3] - k[1]) <= zoom * side)
+               for k in kept):
             kept.append(b)
     return kept
+
+
+def _inside(a, b) -> float:
+    """The share of box a's area that lies in box b."""
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    area = (a[2] - a[0]) * (a[3] - a[1])
+    return ix * iy / area if area > 0 else 1.0
 
 
 def _iou(a, b) -> float:
@@ -566,16 +620,23 @@ def _iou(a, b) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def instances(mask: np.ndarray, wrap: bool = False) -> tuple[np.ndarray, list[Person]]:
+def instances(mask: np.ndarray, wrap: bool = False, min_pixels: int = 1) -> tuple[np.ndarray, list[Person]]:
     """Connected people (8-connectivity) as a label map and per-person stats.
 
     With ``wrap`` (panoramas), components touching across the left/right seam are one person;
-    its box then spans the full width.
+    its box then spans the full width. People under ``min_pixels`` pixels are specks (see
+    :func:`drop_specks`): label 0. Boxes and pixel counts come from OpenCV's component
+    statistics (one pass), merged per person when the seam joins components.
     """
     import cv2
 
-    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    labels = labels.astype(np.int32)
+    m = mask.view(np.uint8) if mask.dtype == np.bool_ else (mask != 0).view(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(m), connectivity=8, ltype=cv2.CV_32S)
+    x0 = stats[:, cv2.CC_STAT_LEFT].astype(np.int64)
+    y0 = stats[:, cv2.CC_STAT_TOP].astype(np.int64)
+    x1 = x0 + stats[:, cv2.CC_STAT_WIDTH]
+    y1 = y0 + stats[:, cv2.CC_STAT_HEIGHT]
+    area = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
     if wrap and n > 2 and mask.shape[1] > 1:
         parent = list(range(n))
 
@@ -593,24 +654,29 @@ def instances(mask: np.ndarray, wrap: bool = False) -> tuple[np.ndarray, list[Pe
                 valid[-1] = False
             elif dy == 1:
                 valid[0] = False
-            for a, b in set(zip(left[valid & (left > 0) & (r > 0)].tolist(), r[valid & (left > 0) & (r > 0)].tolist())):
+            both = valid & (left > 0) & (r > 0)
+            for a, b in set(zip(left[both].tolist(), r[both].tolist())):
                 ra, rb = find(a), find(b)
                 if ra != rb:
                     parent[max(ra, rb)] = min(ra, rb)
-        roots = np.array([find(k) for k in range(n)], np.int32)
-        uniq, compact = np.unique(roots, return_inverse=True)
-        labels = compact.astype(np.int32)[labels]
-        n = len(uniq)
-    people: list[Person] = []
-    if n > 1:
-        ys, xs = np.nonzero(labels)
-        lab = labels[ys, xs]
-        counts = np.bincount(lab, minlength=n)
-        y0 = np.full(n, mask.shape[0], np.int64); y1 = np.zeros(n, np.int64)
-        x0 = np.full(n, mask.shape[1], np.int64); x1 = np.zeros(n, np.int64)
-        np.minimum.at(y0, lab, ys); np.maximum.at(y1, lab, ys + 1)
-        np.minimum.at(x0, lab, xs); np.maximum.at(x1, lab, xs + 1)
-        for k in range(1, n):
-            people.append(Person(box=(int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])),
-                                 pixels=int(counts[k]), height=int(y1[k] - y0[k])))
+        roots = np.array([find(k) for k in range(n)], np.int64)
+        uniq, lut = np.unique(roots, return_inverse=True)
+        if len(uniq) < n:  # merge the statistics of joined components, relabel 1..K
+            k = len(uniq)
+            mx0, my0 = np.full(k, mask.shape[1], np.int64), np.full(k, mask.shape[0], np.int64)
+            mx1, my1, marea = np.zeros(k, np.int64), np.zeros(k, np.int64), np.zeros(k, np.int64)
+            np.minimum.at(mx0, lut, x0); np.minimum.at(my0, lut, y0)
+            np.maximum.at(mx1, lut, x1); np.maximum.at(my1, lut, y1)
+            np.add.at(marea, lut, area)
+            x0, y0, x1, y1, area, n = mx0, my0, mx1, my1, marea, k
+            labels = lut.astype(np.int32)[labels]
+    if min_pixels > 1 and n > 1 and (area[1:] < min_pixels).any():
+        keep = area >= min_pixels
+        keep[0] = True
+        lut = np.where(keep, np.cumsum(keep) - 1, 0).astype(np.int32)
+        labels = lut[labels]
+        x0, y0, x1, y1, area = x0[keep], y0[keep], x1[keep], y1[keep], area[keep]
+        n = int(keep.sum())
+    people = [Person(box=(int(x0[k]), int(y0[k]), int(x1[k]), int(y1[k])), pixels=int(area[k]),
+                     height=int(y1[k] - y0[k])) for k in range(1, n)]
     return labels, people

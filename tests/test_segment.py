@@ -390,6 +390,22 @@ def test_instances_join_components_across_the_seam_only_with_wrap():
     np.testing.assert_array_equal(labels > 0, mask)
 
 
+def test_instances_drop_specks_after_joining_across_the_seam():
+    mask = np.zeros((14, 20), bool)
+    mask[4:7, 0:2] = True    # 6 px at the left edge ...
+    mask[4:7, 18:20] = True  # ... joined across the seam with 6 px at the right edge: 12 px
+    mask[10:12, 8:10] = True  # a 4 px speck
+    mask[1:5, 8:12] = True   # 16 px
+    labels, people = instances(mask, wrap=True, min_pixels=10)
+    assert sorted(p.pixels for p in people) == [12, 16]
+    assert set(np.unique(labels)) == {0, 1, 2}  # compact labels, one per person
+    assert not labels[10:12, 8:10].any()
+    for k, p in enumerate(people, 1):
+        assert (labels == k).sum() == p.pixels
+    flat, people = instances(mask, wrap=False, min_pixels=10)
+    assert [p.pixels for p in people] == [16]  # without wrap the two 6 px halves are specks
+
+
 def test_instances_of_an_empty_mask():
     labels, people = instances(np.zeros((5, 7), bool), wrap=True)
     assert people == [] and labels.shape == (5, 7) and not labels.any()
