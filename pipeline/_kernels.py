@@ -12,8 +12,11 @@ radius ``radii[v]``.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
 from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.extending import intrinsic
 
 _U32 = np.uint64(32)
 _M32 = np.uint64(0xFFFFFFFF)
@@ -22,6 +25,31 @@ _ONES8 = np.uint64(0x0101010101010101)  # a label replicated over a word: label 
 _ONES16 = np.uint64(0x0001000100010001)
 _ONES32 = np.uint64(0x0000000100000001)
 _LOG2 = np.array([0, 0, 1, 0, 2, 0, 0, 0, 3], np.int64)  # log2 of 1, 2, 4, 8 labels per word
+
+
+def _u32_pointer(context, builder, aty, arr, idx):
+    ary = context.make_array(aty)(context, builder, arr)
+    ptr = cgutils.get_item_pointer(context, builder, aty, ary, [idx], wraparound=False)
+    return builder.bitcast(ptr, ir.IntType(32).as_pointer())
+
+
+@intrinsic
+def _load4(typingctx, arr, idx):
+    """The 4 bytes at arr[idx] (a uint8 array) as one unaligned 32-bit load."""
+    def codegen(context, builder, signature, args):
+        return builder.load(_u32_pointer(context, builder, signature.args[0], *args), align=1)
+
+    return types.uint32(arr, idx), codegen
+
+
+@intrinsic
+def _store4(typingctx, arr, idx, val):
+    """Store 4 bytes at arr[idx] (a uint8 array) as one unaligned 32-bit store."""
+    def codegen(context, builder, signature, args):
+        builder.store(args[2], _u32_pointer(context, builder, signature.args[0], args[0], args[1]), align=1)
+        return context.get_dummy_value()
+
+    return types.void(arr, idx, val), codegen
 
 
 _G = np.uint64(0x9E3779B97F4A7C15)  # 2**64 / golden ratio, odd: p -> p * _G is a bijection
@@ -110,6 +138,7 @@ def shuffle(src, sel, words, ppw, radii, k0, k1, wrap, out):
     o3 = out.reshape(h * w * 3)
     buf = np.empty(w, np.int64)
     uw = np.uint64(w)
+    last = np.uint64(h * w * 3 - 3)  # the last pixel's offset: a 4-byte read there overruns
     done = 0
     for y in range(h):
         row = sel[y]
@@ -144,13 +173,23 @@ def shuffle(src, sel, words, ppw, radii, k0, k1, wrap, out):
                         x0 = max(xx - r, 0)
                         spx = np.uint64(min(xx + r, w - 1) - x0 + 1)
                         buf[i] = (sy * w + x0 + np.int64(((z & _M32) * spx) >> _U32)) * 3
+                # copies: one 4-byte load and store per pixel (the 4th byte lands on the next
+                # pixel of the run, which is written next); the run's last pixel, and a
+                # source at the image's very end, byte by byte
                 d = np.uint64((y * w + x) * 3)  # unsigned offsets: no negative-index fix-ups
-                for i in range(xe - x):
+                for i in range(xe - x - 1):
                     si = np.uint64(buf[i])
-                    o3[d] = s3[si]
-                    o3[d + _U1] = s3[si + _U1]
-                    o3[d + _U2] = s3[si + _U2]
+                    if si < last:
+                        _store4(o3, d, _load4(s3, si))
+                    else:
+                        o3[d] = s3[si]
+                        o3[d + _U1] = s3[si + _U1]
+                        o3[d + _U2] = s3[si + _U2]
                     d += _U3
+                si = np.uint64(buf[xe - x - 1])
+                o3[d] = s3[si]
+                o3[d + _U1] = s3[si + _U1]
+                o3[d + _U2] = s3[si + _U2]
                 done += xe - x
             x = _next_selected(row, words, y, xe, w, ppw)
     return done
