@@ -52,13 +52,6 @@ class FinderSettings:
     tile_threshold: float = 0.3
     crop_threshold: float = 0.5
     crop_scale: float = 1.25
-    # a crop is never smaller than this (px): a far-away person's T component is often a few
-    # pixels of head or coat, and the model needs the person around it to segment anything
-    crop_min_side: int = 0
-    # a crop lying this much inside an already chosen crop of at most crop_merge_zoom times
-    # its side is dropped: the chosen one shows the same person at a similar zoom (1 = off)
-    crop_merge_inside: float = 1.0
-    crop_merge_zoom: float = 1.5
     proposers: tuple[str, ...] = ("components", "ssd", "hog")
     min_component_pixels: int = 12
     max_crops_per_image: int = 64
@@ -147,12 +140,11 @@ def _starts(total: int, size: int, overlap: float) -> list[int]:
     return [round(i * (total - size) / (n - 1)) for i in range(n)]
 
 
-def square_box(box: Sequence[float], scale: float, min_side: float = 1) -> tuple[int, int, int, int]:
-    """Box squared around its centre, enlarged by ``scale``, at least ``min_side`` px (may
-    leave the image)."""
+def square_box(box: Sequence[float], scale: float) -> tuple[int, int, int, int]:
+    """Box squared around its centre and enlarged by ``scale`` (may leave the image)."""
     x0, y0, x1, y1 = box
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    side = max(max(x1 - x0, y1 - y0, 1) * scale, min_side, 1)
+    side = max(x1 - x0, y1 - y0, 1) * scale
     half = side / 2
     return (int(math.floor(cx - half)), int(math.floor(cy - half)),
             int(math.ceil(cx + half)), int(math.ceil(cy + half)))
@@ -377,8 +369,8 @@ class PersonFinder:
         # ---- crops: one batched call for all of them
         views, owners, boxes = [], [], []
         for i, (work, _) in enumerate(works):
-            sq = [square_box(b, s.crop_scale, s.crop_min_side) for b in crop_boxes[i]]
-            sq = _dedupe_boxes(sq, inside=s.crop_merge_inside, zoom=s.crop_merge_zoom)[: s.max_crops_per_image]
+            sq = [square_box(b, s.crop_scale) for b in crop_boxes[i]]
+            sq = _dedupe_boxes(sq)[: s.max_crops_per_image]
             for box in sq:
                 views.append(self._view(work, box))
                 owners.append(i)
@@ -590,26 +582,12 @@ def drop_specks(mask: np.ndarray, min_pixels: int) -> np.ndarray:
     return mask & ~small[labels]
 
 
-def _dedupe_boxes(boxes: Iterable[tuple[int, int, int, int]], iou: float = 0.7, inside: float = 1.0,
-                  zoom: float = 1.5) -> list[tuple[int, int, int, int]]:
-    """Boxes in order, without those that overlap a kept one by IoU >= ``iou`` or lie at least
-    ``inside`` within a kept box at most ``zoom`` times their side (``inside`` 1: off)."""
+def _dedupe_boxes(boxes: Iterable[tuple[int, int, int, int]], iou: float = 0.7) -> list[tuple[int, int, int, int]]:
     kept: list[tuple[int, int, int, int]] = []
     for b in boxes:
-        side = max(b[2] - b[0], b[3] - b[1], 1)
-        if all(_iou(b, k) < iou and not (inside < 1.0 and _inside(b, k) >= inside
-                                          and max(k[2] - k[0], k[3] - k[1]) <= zoom * side)
-               for k in kept):
+        if all(_iou(b, k) < iou for k in kept):
             kept.append(b)
     return kept
-
-
-def _inside(a, b) -> float:
-    """The share of box a's area that lies in box b."""
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    area = (a[2] - a[0]) * (a[3] - a[1])
-    return ix * iy / area if area > 0 else 1.0
 
 
 def _iou(a, b) -> float:
