@@ -8,6 +8,7 @@ marks that row ``error`` and passes it on; every listed or manifest key ends as 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sys
@@ -43,6 +44,20 @@ def log(msg: str) -> None:
     print(f"[fuzzy-people] {msg}", file=sys.stderr, flush=True)
 
 
+_ONE_THREAD = False
+
+
+def _one_thread() -> None:
+    """OpenCV at one thread in every worker, like onnxruntime: parallelism comes from the
+    processes (one per core), and OpenCV's own pool would oversubscribe the cores."""
+    global _ONE_THREAD
+    if not _ONE_THREAD:
+        import cv2
+
+        cv2.setNumThreads(1)
+        _ONE_THREAD = True
+
+
 # ------------------------------------------------------------------------------ stage 1: read + decode
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ def read_decode_batch(batch: pa.Table, p: DecodeParams) -> pa.Table:
     from .decode import decode_image
     from .segment import hog_proposals
 
+    _one_thread()
     cols: dict[str, list] = {k: [] for k in ("pixels", "width", "height", "exif", "xmp", "icc", "panorama", "proposals", "seconds_decode")}
     status = batch.column("status").to_pylist()
     errors = batch.column("error_message").to_pylist()
@@ -122,6 +138,7 @@ class SegmentActor:
 
         from .segment import PersonFinder
 
+        _one_thread()
         model = ray.get(model_ref) if isinstance(model_ref, ray.ObjectRef) else model_ref
         ssd = ray.get(ssd_ref) if isinstance(ssd_ref, ray.ObjectRef) else ssd_ref
         self.finder = PersonFinder(model, settings, use_gpu=use_gpu, threads=threads, ssd_bytes=ssd)
@@ -205,6 +222,7 @@ def finish_batch(batch: pa.Table, p: FinishParams) -> pa.Table:
     from .encode import encode_jpeg
     from .segment import instances
 
+    _one_thread()
     now = datetime.now(timezone.utc)
     rule = f"{p.anonymize.radius_mode}:{p.anonymize.radius:g}"
     rows: dict[str, list] = {f.name: [] for f in METADATA_SCHEMA}
@@ -305,12 +323,98 @@ def _items_table(items: list[storage.InputItem]) -> pa.Table:
 
 
 def segment_pool(cfg: RunConfig, cluster_cpus: float, cluster_gpus: float) -> tuple[int, int]:
-    """Actor pool bounds: the flag, else one actor per GPU (GPU) or per CPU but one (CPU)."""
+    """Actor pool bounds: the flag, else one actor per GPU (GPU) or one per CPU (CPU-only).
+
+    On CPU every actor runs one single-threaded onnxruntime session, and the person finder is
+    most of the work (about 90 % of it at the default preset), so one actor per core keeps every
+    core busy; the CPU stages fit beside them because the actors ask for a fraction of a CPU
+    each (see :func:`plan_resources`)."""
     if cfg.segment_actors is not None:
         return cfg.segment_actors
     if cfg.num_gpus > 0:
         return 1, max(1, int(cluster_gpus // cfg.num_gpus))
-    return 1, max(1, int(cluster_cpus) - 1)
+    n = max(1, int(cluster_cpus))
+    return n, n
+
+
+@dataclass(frozen=True)
+class ResourcePlan:
+    """Logical resources of the three stages and the object-store budget of one run."""
+
+    pool: tuple[int, int]  # segment actor pool (min, max)
+    actor_cpus: float  # num_cpus of each segment actor
+    actor_gpus: float | None  # num_gpus of each segment actor (None on CPU)
+    task_cpus: float  # num_cpus of each decode / finish(+write) task
+    tasks_in_flight_per_actor: int
+    object_store_blocks: int  # blocks of batch_size images the run may hold in the object store
+
+    def object_store_limit(self, image_bytes: int | None, batch_size: int) -> int | None:
+        """The object-store budget in bytes for images of ``image_bytes`` (decoded), or None."""
+        if not image_bytes:
+            return None
+        return int(self.object_store_blocks * batch_size * image_bytes)
+
+
+def plan_resources(cfg: RunConfig, cluster_cpus: float, cluster_gpus: float) -> ResourcePlan:
+    """How the cluster's logical CPUs are split so that the pipeline can never deadlock.
+
+    Ray admits a task or an actor only when its logical CPUs are free, and the segment actors
+    hold theirs for the whole run. So ``reserve`` CPUs (one, or half the node when it has
+    fewer than two) stay outside the pool, enough for one decode and one finish task at
+    ``task_cpus`` each, and the pool's ``max`` actors share the rest (at most one CPU each).
+    On a CPU-only node this oversubscribes the cores a little (an actor with 0.5 CPU still
+    runs a full thread), which is the point: the finder dominates, and a core left to the CPU
+    stages alone sat idle most of the time.
+
+    The object-store budget is counted in blocks of ``batch_size`` images: per actor, the
+    batches in flight to it plus its output waiting for the finish stage, plus one block per
+    running decode / finish task; Ray Data splits its budget across its operators (each gets
+    about its share, half of it reserved for its outputs), so the count is taken once per
+    stage. Without a budget Ray Data lets decoded images queue ahead of the actors up to half
+    of the object store, so the peak memory grew with the dataset.
+    """
+    lo, hi = segment_pool(cfg, cluster_cpus, cluster_gpus)
+    cpus = max(float(cluster_cpus), 0.0)
+    reserve = min(1.0, cpus / 2) if cpus > 0 else 1.0
+    task_cpus = _floor4(reserve / 2)
+    actor_cpus = _floor4(min(1.0, max(cpus - reserve, 0.0) / hi)) if cpus > 0 else 1.0
+    use_gpu = cfg.num_gpus > 0
+    # CPU: one batch at a time per actor, so the last batches spread over all actors (a second
+    # queued batch would only save a few ms of fetch on a batch that runs for seconds).
+    # GPU: a second batch in flight hides the fetch behind a much shorter batch.
+    in_flight = 2 if use_gpu else 1
+    task_slots = max(2, int(round((cpus - hi * actor_cpus) / task_cpus))) if cpus > 0 else 2
+    stages = 3  # decode, segment, finish
+    blocks = stages * (hi * (in_flight + 1) + task_slots)
+    return ResourcePlan((lo, hi), actor_cpus, cfg.num_gpus if use_gpu else None, task_cpus, in_flight, blocks)
+
+
+def _floor4(x: float) -> float:
+    """Rounded down to Ray's resource precision (1e-4), so that shares never add up to more."""
+    return math.floor(x * 10_000 + 1e-9) / 10_000
+
+
+def probe_image_bytes(table: pa.Table, storage_options: dict, max_pixels: int, sample: int) -> int | None:
+    """Decoded bytes (RGB) of the largest of the first ``sample`` readable inputs, from their
+    headers only (a few KB each); None when none can be read. Sizes the object-store budget."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+    best, tried = 0, 0
+    for key, status in zip(table.column("key").to_pylist(), table.column("status").to_pylist()):
+        if status != "pending":
+            continue
+        if tried >= 2 * sample or (best and tried >= sample):
+            break
+        tried += 1
+        try:
+            fs, path = storage.filesystem(key, storage_options)
+            with fs.open(path, "rb") as f, Image.open(f) as im:
+                w, h = im.size
+        except Exception:
+            continue
+        best = max(best, min(w * h, max_pixels) * 3)
+    return best or None
 
 
 def _fault_hook() -> tuple | None:
@@ -333,11 +437,14 @@ def _stage_params(cfg: RunConfig, settings: FinderSettings, secret, run_id: str,
 
 
 def build_dataset(cfg: RunConfig, table: pa.Table, model_ref, ssd_ref, secret, run_id: str,
-                  model_name: str, model_sha: str, settings: FinderSettings):
+                  model_name: str, model_sha: str, settings: FinderSettings, plan: ResourcePlan | None = None):
     import ray
     from ray.data import ActorPoolStrategy
 
     decode, finish = _stage_params(cfg, settings, secret, run_id, model_name, model_sha)
+    if plan is None:
+        resources = ray.cluster_resources()
+        plan = plan_resources(cfg, resources.get("CPU", 1), resources.get("GPU", 0))
     rows_per_block = max(1, cfg.batch_size)
     blocks = [table.slice(k, rows_per_block) for k in range(0, table.num_rows, rows_per_block)] or [table]
     ds = ray.data.from_arrow(blocks)
@@ -345,19 +452,18 @@ def build_dataset(cfg: RunConfig, table: pa.Table, model_ref, ssd_ref, secret, r
     # which offers no replacement yet); silence that warning for these calls only.
     warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated", category=Warning)
     ds = ds.map_batches(read_decode_batch, fn_kwargs={"p": decode}, batch_format="pyarrow",
-                        batch_size=cfg.batch_size, num_cpus=1, max_retries=2)
-    resources = ray.cluster_resources()
-    lo, hi = segment_pool(cfg, resources.get("CPU", 1), resources.get("GPU", 0))
+                        batch_size=cfg.batch_size, num_cpus=plan.task_cpus, max_retries=2)
+    lo, hi = plan.pool
     use_gpu = cfg.num_gpus > 0
     fault = _fault_hook()
     ds = ds.map_batches(
         SegmentActor,
         fn_constructor_args=(model_ref, ssd_ref, settings, use_gpu, 1, fault),
-        compute=ActorPoolStrategy(min_size=lo, max_size=hi),
+        compute=ActorPoolStrategy(min_size=lo, max_size=hi, max_tasks_in_flight_per_actor=plan.tasks_in_flight_per_actor),
         batch_format="pyarrow",
         batch_size=int(cfg.batch_size),
-        num_gpus=cfg.num_gpus if use_gpu else None,
-        num_cpus=1,
+        num_gpus=plan.actor_gpus,
+        num_cpus=plan.actor_cpus,
         # Deliberate, both bounded: a batch is retried at most twice and an actor restarts at
         # most 4 times, so a poison image cannot crash-loop an actor forever (Ray Data's default
         # is -1 for both). Batches still lost are redone by the driver one image per task
@@ -366,7 +472,7 @@ def build_dataset(cfg: RunConfig, table: pa.Table, model_ref, ssd_ref, secret, r
         max_task_retries=2,
     )
     ds = ds.map_batches(finish_batch, fn_kwargs={"p": finish}, batch_format="pyarrow",
-                        batch_size=cfg.batch_size, num_cpus=1, max_retries=2)
+                        batch_size=cfg.batch_size, num_cpus=plan.task_cpus, max_retries=2)
     return ds
 
 
@@ -389,7 +495,11 @@ def retry_alone(cfg: RunConfig, lost: pa.Table, model_ref, ssd_ref, settings: Fi
 
     decode, finish = _stage_params(cfg, settings, secret, run_id, model_name, model_sha)
     use_gpu = cfg.num_gpus > 0
-    task = ray.remote(process_alone).options(num_cpus=1, num_gpus=cfg.num_gpus if use_gpu else 0, max_retries=1)
+    resources = ray.cluster_resources()
+    plan = plan_resources(cfg, resources.get("CPU", 1), resources.get("GPU", 0))
+    # the CPUs of a task stage: they fit even while the pool's actors still hold theirs
+    task = ray.remote(process_alone).options(num_cpus=plan.task_cpus, num_gpus=cfg.num_gpus if use_gpu else 0,
+                                             max_retries=1)
     fault = _fault_hook()
     refs = {task.remote(lost.slice(i, 1), model_ref, ssd_ref, settings, use_gpu, decode, finish, fault): key
             for i, key in enumerate(lost.column("key").to_pylist())}
@@ -481,8 +591,22 @@ def run_job(cfg: RunConfig) -> int:
             # a batch whose worker died for good must not fail the job: its keys are retried
             # one image at a time, and what still fails becomes error rows (reconciled below)
             ctx.max_errored_blocks = max(1, table.num_rows)
-            ds = build_dataset(cfg, table, model_ref, ssd_ref, secret, run_id, model.name, model.sha256, settings)
-            ds.write_parquet(staging, filesystem=pyarrow_fs(out_fs), filename_provider=_shard_names(run_id))
+            resources = ray.cluster_resources()
+            plan = plan_resources(cfg, resources.get("CPU", 1), resources.get("GPU", 0))
+            image_bytes = probe_image_bytes(table, opts, cfg.max_pixels, cfg.batch_size)
+            limit = plan.object_store_limit(image_bytes, cfg.batch_size)
+            ds = build_dataset(cfg, table, model_ref, ssd_ref, secret, run_id, model.name, model.sha256, settings, plan)
+            if limit is not None:
+                # decoded images must not queue ahead of the actors without bound (peak memory
+                # would grow with the dataset): a budget of plan.object_store_blocks batches
+                ds.context.execution_options.resource_limits = ray.data.ExecutionResources(object_store_memory=limit)
+            log(f"segment actors {plan.pool[0]}..{plan.pool[1]} x {plan.actor_cpus:g} CPU"
+                + (f" + {plan.actor_gpus:g} GPU" if plan.actor_gpus else "")
+                + f", decode/finish tasks {plan.task_cpus:g} CPU; object store budget "
+                + (f"{limit / 2**20:,.0f} MiB ({plan.object_store_blocks} batches of {cfg.batch_size} images "
+                   f"of up to {image_bytes / 2**20:.1f} MiB decoded)" if limit else "Ray Data's default (no input header readable)"))
+            ds.write_parquet(staging, filesystem=pyarrow_fs(out_fs), filename_provider=_shard_names(run_id),
+                             ray_remote_args={"num_cpus": plan.task_cpus, "max_retries": 2})
             missing = _missing_keys(out_fs, staging, table)
             if missing:
                 log(f"{len(missing):,} inputs lost with their batch (a worker died): retrying them one image per task")

@@ -269,3 +269,96 @@ def test_output_format_parquet_puts_jpegs_in_the_shards(tmp_path, dev_dir, ray_l
         assert r["status"] == "ok" and r["output_key"] is None
         with Image.open(io.BytesIO(r["image"])) as im:
             assert im.format == "JPEG" and im.size == (r["width"], r["height"])
+
+
+# ------------------------------------------------------------------------------------------ resources
+
+@pytest.mark.parametrize("cpus", [1, 2, 3, 4, 16, 64])
+@pytest.mark.parametrize("actors", [None, (1, 1), (2, 2), (1, 8)])
+def test_resource_plan_always_leaves_room_for_the_cpu_stages(tmp_path, cpus, actors):
+    """Ray admits work only within the logical CPUs: with every actor of the pool up, one decode
+    and one finish task must still fit, or the run waits forever (the old 2-actor pool on 2 CPUs)."""
+    from pipeline.config import RunConfig
+    from pipeline.pipeline import plan_resources
+
+    cfg = RunConfig(input=str(tmp_path), output=str(tmp_path / "o"), segment_actors=actors)
+    plan = plan_resources(cfg, cpus, 0)
+    lo, hi = plan.pool
+    assert plan.actor_gpus is None
+    assert 0 < plan.actor_cpus <= 1 and 0 < plan.task_cpus <= 1
+    assert hi * plan.actor_cpus + 2 * plan.task_cpus <= cpus + 1e-6, plan
+    if actors is None:
+        assert plan.pool == (cpus, cpus), "CPU-only: one actor per core"
+    else:
+        assert plan.pool == actors
+    assert plan.object_store_blocks >= 3 * hi, "at least a batch per actor and stage"
+    assert plan.object_store_limit(640 * 480 * 3, 8) == plan.object_store_blocks * 8 * 640 * 480 * 3
+    assert plan.object_store_limit(None, 8) is None
+
+
+@pytest.mark.parametrize("cpus,gpus,num_gpus", [(2, 1, 1.0), (4, 4, 1.0), (8, 1, 0.5), (16, 2, 1.0)])
+def test_resource_plan_gpu_actors_get_their_gpus(tmp_path, cpus, gpus, num_gpus):
+    from pipeline.config import RunConfig
+    from pipeline.pipeline import plan_resources
+
+    cfg = RunConfig(input=str(tmp_path), output=str(tmp_path / "o"), num_gpus=num_gpus)
+    plan = plan_resources(cfg, cpus, gpus)
+    assert plan.actor_gpus == num_gpus
+    assert plan.pool == (1, int(gpus // num_gpus)), "one actor per GPU (share)"
+    assert plan.pool[1] * plan.actor_cpus + 2 * plan.task_cpus <= cpus + 1e-6, plan
+    assert plan.actor_cpus > 0
+
+
+def test_probe_image_bytes_reads_headers_of_the_first_inputs(tmp_path):
+    import pyarrow as pa
+
+    from pipeline.pipeline import BASE_SCHEMA, probe_image_bytes
+
+    Image.new("RGB", (64, 48)).save(tmp_path / "a.jpg")
+    Image.new("RGB", (100, 30)).save(tmp_path / "b.png")
+    (tmp_path / "c.jpg").write_bytes(b"not an image")
+    keys = [str(tmp_path / n) for n in ("missing.jpg", "c.jpg", "a.jpg", "b.png")]
+    table = pa.Table.from_pydict({"key": keys, "rel": keys, "out_rel": keys, "source_size": [1] * 4,
+                                  "source_etag": ["e"] * 4, "status": ["error", "pending", "pending", "pending"],
+                                  "error_message": [None] * 4}, schema=BASE_SCHEMA)
+    assert probe_image_bytes(table, {}, 10**8, 8) == 64 * 48 * 3  # 100x30 is smaller
+    assert probe_image_bytes(table, {}, 1000, 8) == 1000 * 3, "capped by --max-pixels (larger ones are refused)"
+    assert probe_image_bytes(table.slice(0, 2), {}, 10**8, 8) is None
+
+
+def test_two_cpu_node_with_one_actor_per_core_finishes(tmp_path, dev_dir, ray_local):
+    """The CPU-only local case: 2 CPUs (ray_local), one segment actor per core (the default, and
+    given explicitly): both actors hold their CPUs for the whole run and the decode and finish
+    tasks still run."""
+    import ray
+
+    assert ray.cluster_resources().get("CPU") == 2 and not ray.cluster_resources().get("GPU")
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in DEV_NAMES[:3]:
+        shutil.copy(dev_dir / "images" / name, src / name)
+    for k, extra in enumerate([[], ["--segment-actors", "2"]]):
+        out = tmp_path / f"out{k}"
+        code = main(["run", "--input", str(src), "--output", str(out), "--recall", "fast", "--batch-size", "1", *extra])
+        assert code == 0
+        rows = read_rows(str(out))
+        assert sorted(r["status"] for r in rows) == ["ok"] * 3
+
+
+def test_one_cpu_node_finishes(tmp_path, dev_dir):
+    """A 1-CPU node (its own local Ray in a child process): the pool's one actor and the CPU
+    stages share the single CPU."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    for name in DEV_NAMES[:2]:
+        shutil.copy(dev_dir / "images" / name, src / name)
+    code = ("import sys, ray; ray.init(address='local', num_cpus=1, include_dashboard=False, log_to_driver=False); "
+            "from pipeline.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    # the timeout only keeps a hang from stalling the suite; nothing about speed is asserted
+    proc = subprocess.run([sys.executable, "-c", code, "run", "--input", str(src), "--output", str(out),
+                           "--recall", "fast", "--batch-size", "1"], env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_rows(str(out))
+    assert sorted(r["status"] for r in rows) == ["ok", "ok"]
