@@ -362,3 +362,17 @@ def test_one_cpu_node_finishes(tmp_path, dev_dir):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = read_rows(str(out))
     assert sorted(r["status"] for r in rows) == ["ok", "ok"]
+
+
+def test_images_larger_than_the_probed_ones_still_finish(tmp_path, dev_dir, ray_local):
+    """The object-store budget comes from the first inputs' headers: later, larger images exceed
+    it; Ray Data still runs one task per operator, so the run slows down but finishes."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    Image.new("RGB", (16, 16), (90, 120, 150)).save(src / "0_tiny.png")  # listed first
+    for name in DEV_NAMES[:3]:
+        shutil.copy(dev_dir / "images" / name, src / name)
+    code = main(["run", "--input", str(src), "--output", str(out), "--recall", "fast", "--batch-size", "1"])
+    assert code == 0
+    rows = read_rows(str(out))
+    assert sorted(r["status"] for r in rows) == ["ok"] * 4
