@@ -10,7 +10,10 @@ so the cloud frays into the background instead of keeping the silhouette and str
 
 Randomness is keyed: the per-image generator is seeded from HMAC-SHA256(secret, image key), so
 nobody without the secret can regenerate the source map and partly undo the shuffle, while the
-same secret, key and input always give byte-identical output.
+same secret, key and input always give byte-identical output. The shuffle takes two uint64
+from that generator as the key of a counter-based hash (two keyed SplitMix64 rounds of the
+pixel's index), so each pixel's draw is independent of the order pixels are visited in and
+the kernel can work run by run, vectorised.
 
 Defaults, chosen by looking at the Penn-Fudan dev photos (ground-truth masks, before/after):
 f = 0.10 keeps the layout of clothing colours (a blue shirt above khaki trousers, a red backpack
