@@ -10,33 +10,37 @@ from __future__ import annotations
 import numpy as np
 
 
-def _runs(mask: np.ndarray) -> list[int]:
+def _runs(mask: np.ndarray) -> np.ndarray:
+    """Run lengths (int64) in column-major order, starting with a run of zeros."""
     flat = np.asarray(mask, dtype=bool).ravel(order="F")
     if flat.size == 0:
-        return []
+        return np.zeros(0, np.int64)
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    bounds = np.concatenate(([0], change, [flat.size]))
-    counts = np.diff(bounds).tolist()
-    if flat[0]:
-        counts.insert(0, 0)
-    return counts
+    counts = np.diff(np.concatenate(([0], change, [flat.size]))).astype(np.int64)
+    return np.concatenate(([0], counts)) if flat[0] else counts
 
 
-def _pack(counts: list[int]) -> str:
-    out = []
-    for i, c in enumerate(counts):
-        x = int(c)
-        if i > 2:
-            x -= int(counts[i - 2])
-        more = True
-        while more:
-            ch = x & 0x1F
-            x >>= 5
-            more = (x != -1) if (ch & 0x10) else (x != 0)
-            if more:
-                ch |= 0x20
-            out.append(chr(ch + 48))
-    return "".join(out)
+def _pack(counts) -> str:
+    """COCO's string code, vectorised (a frayed mask has 10^5 runs or more): each count, as a
+    delta to the count two before it from the fourth on, is written in the fewest 5-bit groups
+    that hold it as a signed number, low group first; bit 5 marks "more groups follow"."""
+    x = np.array(counts, dtype=np.int64)
+    if x.size == 0:
+        return ""
+    if x.size > 3:
+        x[3:] -= np.asarray(counts, dtype=np.int64)[1:-2]
+    # groups k: the smallest k >= 1 with -2**(5k-1) <= x < 2**(5k-1), i.e. the bits of x (or
+    # of ~x when negative) below 5k-1
+    mag = np.where(x < 0, ~x, x)
+    kmax = int(mag.max()).bit_length() // 5 + 1
+    k = np.ones(x.size, np.int64)
+    for j in range(1, kmax):
+        k += mag >= (np.int64(1) << np.int64(5 * j - 1))
+    j = np.arange(kmax, dtype=np.int64)
+    groups = (x[:, None] >> (5 * j)[None, :]) & 0x1F
+    groups |= np.where(j[None, :] < (k - 1)[:, None], 0x20, 0)
+    chars = (groups + 48)[j[None, :] < k[:, None]]
+    return chars.astype(np.uint8).tobytes().decode("ascii")
 
 
 def _unpack(s: str) -> list[int]:
