@@ -96,7 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--photos", default=None, help="folder of source photos (default: the dev photos, else the bundled samples)")
     p.add_argument("--keep", default=None, help="keep the images and outputs in this folder (default: a temp dir, removed)")
     p.add_argument("--segment-actors", default=None,
-                   help="passed to the run (N or MIN:MAX; default: the run's own default, CPUs - 1 on CPU)")
+                   help="passed to the run (N or MIN:MAX; default: the run's own default, one per CPU on CPU)")
     p.add_argument("--skip-bounds", action="store_true", help=argparse.SUPPRESS)
     g = p.add_argument_group("memory")
     g.add_argument("--memory", action="store_true", help="measure peak memory (driver + Ray session) at --memory-sizes 640x480 images")

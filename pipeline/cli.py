@@ -80,7 +80,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-pixels", type=int, default=d["max_pixels"].default, help="refuse images larger than this before decoding (default: %(default)s)")
     g = p.add_argument_group("resources")
     g.add_argument("--num-gpus", type=float, default=d["num_gpus"].default, help="GPUs per segmentation actor (0 = CPU provider)")
-    g.add_argument("--segment-actors", type=_actors, default=d["segment_actors"].default, help="segmentation actor pool size, N or MIN:MAX (default: one per GPU, or CPUs-1 on CPU)")
+    g.add_argument("--segment-actors", type=_actors, default=d["segment_actors"].default, help="segmentation actor pool size, N or MIN:MAX (default: one per GPU, or one per CPU on a CPU-only node)")
     g.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="images per segmentation batch (default: %(default)s)")
     g = p.add_argument_group("behaviour")
     g.add_argument("--max-error-rate", type=float, default=d["max_error_rate"].default, help="exit non-zero when the error share exceeds this (default: %(default)s)")

@@ -67,7 +67,7 @@ class RunConfig:
     max_pixels: int = 100_000_000
     # resources
     num_gpus: float = 0.0
-    segment_actors: tuple[int, int] | None = None  # None: one per GPU, or CPUs - 1 (at least 1)
+    segment_actors: tuple[int, int] | None = None  # None: one per GPU, or one per CPU on a CPU-only node
     batch_size: int = 8
     # behaviour
     max_error_rate: float = 0.05
