@@ -177,20 +177,17 @@ def shuffle(src, sel, words, ppw, radii, k0, k1, wrap, out):
                 # pixel of the run, which is written next); the run's last pixel, and a
                 # source at the image's very end, byte by byte
                 d = np.uint64((y * w + x) * 3)  # unsigned offsets: no negative-index fix-ups
-                for i in range(xe - x - 1):
+                n = xe - x
+                for i in range(n):
                     si = np.uint64(buf[i])
-                    if si < last:
+                    if i < n - 1 and si < last:
                         _store4(o3, d, _load4(s3, si))
                     else:
                         o3[d] = s3[si]
                         o3[d + _U1] = s3[si + _U1]
                         o3[d + _U2] = s3[si + _U2]
                     d += _U3
-                si = np.uint64(buf[xe - x - 1])
-                o3[d] = s3[si]
-                o3[d + _U1] = s3[si + _U1]
-                o3[d + _U2] = s3[si + _U2]
-                done += xe - x
+                done += n
             x = _next_selected(row, words, y, xe, w, ppw)
     return done
 
@@ -215,29 +212,25 @@ def narrow(labels, out):
 def label_boxes(sel, words, ppw, n):
     """Bounding boxes of labels 1..n: rows (n+1, 4) = y0, y1, x0, x1 inclusive, -1 when absent.
 
-    ``words``/``ppw``: ``sel`` viewed as uint64 words, as in :func:`shuffle`. Returns
-    (boxes, bad): bad is the first value found outside 0..n (0 when there is none).
+    ``words``/``ppw``: ``sel`` viewed as uint64 words, as in :func:`shuffle`. Labels must lie
+    in 0..n (:func:`narrow` checks that for ``anonymize``).
     """
     h, w = sel.shape
     boxes = np.full((n + 1, 4), -1, np.int64)
-    bad = 0
     for y in range(h):
         row = sel[y]
         x = _next_selected(row, words, y, 0, w, ppw)
         while x < w:
-            v = np.int64(row[np.uint64(x)])
-            xe = _run_end(row, words, y, x, w, ppw, row[np.uint64(x)])  # one update per run
-            if v < 0 or v > n:
-                if bad == 0:
-                    bad = v
-            elif boxes[v, 0] < 0:
+            v = row[np.uint64(x)]
+            xe = _run_end(row, words, y, x, w, ppw, v)  # one update per run
+            if boxes[v, 0] < 0:
                 boxes[v, 0], boxes[v, 1], boxes[v, 2], boxes[v, 3] = y, y, x, xe - 1
             else:
                 boxes[v, 1] = y
                 boxes[v, 2] = min(boxes[v, 2], x)
                 boxes[v, 3] = max(boxes[v, 3], xe - 1)
             x = _next_selected(row, words, y, xe, w, ppw)
-    return boxes, bad
+    return boxes
 
 
 @njit(cache=True, nogil=True)

@@ -201,7 +201,7 @@ class Selection:
         """(len(radii), 4) inclusive boxes y0, y1, x0, x1 per label value; -1 rows when absent."""
         from . import _kernels
 
-        return _kernels.label_boxes(self.labels, *_word_view(self.labels), len(self.radii) - 1)[0]
+        return _kernels.label_boxes(self.labels, *_word_view(self.labels), len(self.radii) - 1)
 
 
 def selection_from_mask(mask: np.ndarray, radius: Any) -> Selection:
@@ -472,16 +472,15 @@ class Anonymized:
     radii: list[int]  # radius in px per person 1..K
 
 
-def _grow_labels(lab: np.ndarray, boxes: np.ndarray, radii: Sequence[int], dilate: int, dissolve: float,
+def _grow_labels(lab: np.ndarray, radii: Sequence[int], dilate: int, dissolve: float,
                  rng: np.random.Generator, wrap: bool) -> np.ndarray:
     """Each person's selection: its pixels, the exact ``dilate``-px Euclidean ring around all
     persons, and a dissolve band of ``dissolve x radius`` px beyond it whose pixels are claimed
     with a probability falling linearly from 1 to 0 across the band (distances measured on a
     grid of band/8-px cells). A grown pixel goes to the person in whose band it lies deepest.
-    ``lab``: C-contiguous labels 1..len(radii) (see ``_label_dtype``), ``boxes`` their
-    bounding boxes. Returns labels of the same dtype (0 = untouched; ``lab`` itself when
-    nothing grows). Draws one uint64
-    from ``rng`` when a band exists.
+    ``lab``: C-contiguous labels 0..len(radii) (see ``_label_dtype``). Returns labels of the
+    same dtype (0 = untouched; ``lab`` itself when nothing grows). Draws one uint64 from
+    ``rng`` when a band exists.
     """
     import cv2
 
@@ -491,6 +490,7 @@ def _grow_labels(lab: np.ndarray, boxes: np.ndarray, radii: Sequence[int], dilat
     bands = [float(dissolve) * r for r in radii]
     if dilate == 0 and not any(bands):
         return lab
+    boxes = _kernels.label_boxes(lab, *_word_view(lab), len(radii))
     ring = dilate_mask(lab > 0, dilate, wrap=wrap)
     seed = np.uint64(rng.bit_generator.random_raw()) if any(bands) else np.uint64(0)
     grown = lab.copy()
@@ -547,9 +547,7 @@ def anonymize(image: np.ndarray, labels: np.ndarray, heights: Sequence[float], p
         raise ValueError(f"labels: value {lo if lo < 0 else hi} is not a person 1..{len(hs)} "
                          f"(heights has {len(hs)} entries)")
     radii = person_radii(hs, image.shape, params.radius_mode, params.radius, params.min_radius)
-    grows = params.dilate > 0 or (params.dissolve > 0 and any(radii))
-    boxes = _kernels.label_boxes(lab, *_word_view(lab), len(hs))[0] if grows else None
-    grown = _grow_labels(lab, boxes, radii, params.dilate, params.dissolve, rng, bool(wrap))
+    grown = _grow_labels(lab, radii, params.dilate, params.dissolve, rng, bool(wrap))
     cap = max(h, w)
     sel = Selection(grown, np.array([0] + [min(r, cap) for r in radii], np.int64))
     out = MODES[params.mode](image, sel, rng, wrap=bool(wrap), fill_color=params.fill_color)
