@@ -435,7 +435,7 @@ class PersonFinder:
         views, owners, offsets = [], [], []
         for i, work in enumerate(works):
             h, w = work.shape[:2]
-            # the whole image, then grids of tiles (2x2 corner tiles at 0.6 of the side)
+            # the whole image, then overlapping (square) tiles of each of ssd_tile_fractions
             regions = tile_boxes(w, h, s.ssd_tile_fractions, 0.25, 0.0, base_widths[i], s.tile_square)
             for (x0, y0, x1, y1) in regions:
                 views.append(work[y0:y1, x0:x1])
@@ -575,22 +575,6 @@ def _component_boxes(mask: np.ndarray, min_pixels: int) -> list[tuple[int, int, 
     return boxes
 
 
-def drop_specks(mask: np.ndarray, min_pixels: int) -> np.ndarray:
-    """Remove isolated components smaller than ``min_pixels`` (threshold noise at tile edges:
-    a few pixels cannot show a recognisable person, and they would count as people)."""
-    import cv2
-
-    if min_pixels <= 1 or not mask.any():
-        return mask
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8) if mask.dtype == np.bool_
-                                                           else mask.astype(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    small = stats[:, cv2.CC_STAT_AREA] < min_pixels
-    small[0] = False
-    if not small.any():
-        return mask
-    return mask & ~small[labels]
-
-
 def _dedupe_boxes(boxes: Iterable[tuple[int, int, int, int]], iou: float = 0.7) -> list[tuple[int, int, int, int]]:
     kept: list[tuple[int, int, int, int]] = []
     for b in boxes:
@@ -611,8 +595,9 @@ def instances(mask: np.ndarray, wrap: bool = False, min_pixels: int = 1) -> tupl
     """Connected people (8-connectivity) as a label map and per-person stats.
 
     With ``wrap`` (panoramas), components touching across the left/right seam are one person;
-    its box then spans the full width. People under ``min_pixels`` pixels are specks (see
-    :func:`drop_specks`): label 0. Boxes and pixel counts come from OpenCV's component
+    its box then spans the full width. People under ``min_pixels`` pixels are specks (threshold
+    noise at tile edges: a few pixels cannot show a recognisable person, and they would count
+    as people): label 0. Boxes and pixel counts come from OpenCV's component
     statistics (one pass), merged per person when the seam joins components.
     """
     import cv2
