@@ -24,11 +24,11 @@ def _pack(counts) -> str:
     """COCO's string code, vectorised (a frayed mask has 10^5 runs or more): each count, as a
     delta to the count two before it from the fourth on, is written in the fewest 5-bit groups
     that hold it as a signed number, low group first; bit 5 marks "more groups follow"."""
-    x = np.array(counts, dtype=np.int64)
-    if x.size == 0:
+    c = np.asarray(counts, dtype=np.int64)
+    if c.size == 0:
         return ""
-    if x.size > 3:
-        x[3:] -= np.asarray(counts, dtype=np.int64)[1:-2]
+    x = c.copy()
+    x[3:] -= c[1:-2]
     # groups k: the smallest k >= 1 with -2**(5k-1) <= x < 2**(5k-1), i.e. the bits of x (or
     # of ~x when negative) below 5k-1
     mag = np.where(x < 0, ~x, x)
