@@ -437,14 +437,11 @@ def _stage_params(cfg: RunConfig, settings: FinderSettings, secret, run_id: str,
 
 
 def build_dataset(cfg: RunConfig, table: pa.Table, model_ref, ssd_ref, secret, run_id: str,
-                  model_name: str, model_sha: str, settings: FinderSettings, plan: ResourcePlan | None = None):
+                  model_name: str, model_sha: str, settings: FinderSettings, plan: ResourcePlan):
     import ray
     from ray.data import ActorPoolStrategy
 
     decode, finish = _stage_params(cfg, settings, secret, run_id, model_name, model_sha)
-    if plan is None:
-        resources = ray.cluster_resources()
-        plan = plan_resources(cfg, resources.get("CPU", 1), resources.get("GPU", 0))
     rows_per_block = max(1, cfg.batch_size)
     blocks = [table.slice(k, rows_per_block) for k in range(0, table.num_rows, rows_per_block)] or [table]
     ds = ray.data.from_arrow(blocks)
@@ -489,14 +486,12 @@ def process_alone(row: pa.Table, model: bytes, ssd: bytes | None, settings: Find
 
 
 def retry_alone(cfg: RunConfig, lost: pa.Table, model_ref, ssd_ref, settings: FinderSettings, secret,
-                run_id: str, model_name: str, model_sha: str) -> tuple[pa.Table | None, list[str]]:
+                run_id: str, model_name: str, model_sha: str, plan: ResourcePlan) -> tuple[pa.Table | None, list[str]]:
     """Process each lost image in its own task; return (rows produced, keys that failed)."""
     import ray
 
     decode, finish = _stage_params(cfg, settings, secret, run_id, model_name, model_sha)
     use_gpu = cfg.num_gpus > 0
-    resources = ray.cluster_resources()
-    plan = plan_resources(cfg, resources.get("CPU", 1), resources.get("GPU", 0))
     # the CPUs of a task stage: they fit even while the pool's actors still hold theirs
     task = ray.remote(process_alone).options(num_cpus=plan.task_cpus, num_gpus=cfg.num_gpus if use_gpu else 0,
                                              max_retries=1)
@@ -612,7 +607,7 @@ def run_job(cfg: RunConfig) -> int:
                 log(f"{len(missing):,} inputs lost with their batch (a worker died): retrying them one image per task")
                 lost = table.filter(pa.compute.is_in(table.column("key"), value_set=pa.array(missing, pa.string())))
                 rows, _failed = retry_alone(cfg, lost, model_ref, ssd_ref, settings, secret, run_id,
-                                            model.name, model.sha256)
+                                            model.name, model.sha256, plan)
                 if rows is not None:
                     metastore.write_table(out_fs, f"{staging}/{metastore.shard_name(run_id, 999998, 0)}", rows)
                 missing = _missing_keys(out_fs, staging, table)
